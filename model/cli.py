@@ -1,0 +1,188 @@
+"""``glus``: run GLUS on videos from the command line (no Label Studio involved).
+
+    glus segment VIDEO --expression "the red square" [--expression ...] [--checkpoint DIR] --out DIR
+    glus init --out DIR [--config glus-tiny] [--seed 0]        # a random-weight checkpoint (tests, demos)
+    glus info [--checkpoint DIR]                                  # what a checkpoint holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+logger = logging.getLogger("glus")
+
+CHECKPOINT_ENV = "GLUS_CHECKPOINT"
+
+
+def bundled_checkpoint() -> Path:
+    """The demo model shipped with the package (trained on the synthetic benchmark)."""
+    from importlib import resources
+
+    return Path(str(resources.files("model").joinpath("assets/glus-tiny-demo")))
+
+
+def resolve_checkpoint(checkpoint: str | None) -> Path:
+    """``--checkpoint``, else ``$GLUS_CHECKPOINT``, else the bundled demo model."""
+    chosen = checkpoint or os.environ.get(CHECKPOINT_ENV)
+    if chosen:
+        return Path(chosen)
+    bundled = bundled_checkpoint()
+    if (bundled / "config.json").is_file():
+        return bundled
+    raise SystemExit(
+        "no checkpoint given and no bundled model found: pass --checkpoint DIR "
+        f"(or set {CHECKPOINT_ENV}); `glus init --out DIR` writes a random-weight one"
+    )
+
+
+def load_model(checkpoint: Path, clip_dir: str | None, sam2_checkpoint: str | None, device: str, dtype: torch.dtype):
+    from model.checkpoint import from_pretrained, is_released_checkpoint, load_released_glus
+
+    if is_released_checkpoint(checkpoint):
+        if not clip_dir:
+            raise SystemExit(f"{checkpoint} is a released GLUS checkpoint: pass --clip-dir (local CLIP ViT-L/14 folder)")
+        model, tokenizer, _ = load_released_glus(checkpoint, clip_dir, sam2_checkpoint, dtype=dtype)
+    else:
+        model, tokenizer, _ = from_pretrained(checkpoint, dtype=dtype)
+    return model.to(device), tokenizer
+
+
+def _key_frame_selector(spec: str):
+    from model.keyframes import ConfidenceKeyFrames, FirstFrame, JsonKeyFrames
+
+    if spec == "first":
+        return FirstFrame()
+    if spec == "confidence":
+        return ConfidenceKeyFrames()
+    return JsonKeyFrames(spec)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from model.inference import Expression, SegmentOptions, VideoSegmenter
+    from model.outputs import write_mask_png, write_overlay_video
+    from model.video_io import VideoFile, open_frames
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    model, tokenizer = load_model(resolve_checkpoint(args.checkpoint), args.clip_dir, args.sam2_checkpoint,
+                                  args.device, dtype)
+    source = open_frames(args.video, max_frames=args.max_frames)
+    video_id = args.video_id or Path(args.video).stem
+    names = list(source.frame_names)
+    expressions = [Expression(text, str(i)) for i, text in enumerate(args.expression)]
+    options = SegmentOptions(schedule=args.schedule, mem_stride=args.mem_stride, video_id=video_id,
+                             key_frames=_key_frame_selector(args.key_frames))
+    out_dirs = [Path(args.out) / video_id / e.exp_id for e in expressions]
+    segmenter = VideoSegmenter(model, tokenizer, device=args.device)
+    summary = {e.exp_id: {"expression": e.text, "frames": 0, "present": 0, "key_frame": 0} for e in expressions}
+    started = time.perf_counter()
+    with tqdm(total=len(source) * len(expressions), unit="frame", desc=video_id, disable=args.quiet) as bar:
+        for expr_index, key_frame, result in segmenter.segment_stream(source, expressions, options):
+            write_mask_png(out_dirs[expr_index] / f"{names[result.frame_index]}.png", result.mask)
+            entry = summary[expressions[expr_index].exp_id]
+            entry["frames"] += 1
+            entry["present"] += int(result.present)
+            entry["key_frame"] = key_frame
+            bar.update(1)
+    elapsed = time.perf_counter() - started
+    (Path(args.out) / video_id / "expressions.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.no_overlay:
+        fps = source.fps if isinstance(source, VideoFile) and source.fps > 0 else 10.0
+        path = write_overlay_video(Path(args.out) / video_id / "overlay.mp4", source, out_dirs, names, fps)
+        logger.info("overlay written to %s", path)
+    for exp_id, entry in summary.items():
+        logger.info("expression %s (%r): object found in %d/%d frames", exp_id, entry["expression"], entry["present"], entry["frames"])
+    logger.info("%d frames x %d expressions in %.1f s", len(source), len(expressions), elapsed)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from model.checkpoint import save_pretrained
+    from model.factory import random_model
+
+    model, tokenizer = random_model(args.config, seed=args.seed, seg_logit_bias=args.seg_logit_bias or None)
+    save_pretrained(model, tokenizer, args.out)
+    logger.info("random-weight %s checkpoint (seed %d) written to %s", args.config, args.seed, args.out)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from model.modeling.glus import count_parameters
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_model(checkpoint, args.clip_dir, args.sam2_checkpoint, "cpu", torch.float32)
+    info = {
+        "checkpoint": str(checkpoint),
+        "config": model.config.name,
+        "parameters": count_parameters(model),
+        "vocabulary": len(tokenizer),
+        "sam_image_size": model.sam_image_size,
+        "visual_tokens_per_image": model.visual_tokens_per_image,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)")
+    parser.add_argument("--clip-dir", help="local CLIP ViT-L/14 folder (released GLUS checkpoints only)")
+    parser.add_argument("--sam2-checkpoint", help="optional SAM-2 .pt (released GLUS checkpoints only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glus", description="GLUS referring video object segmentation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment the objects named by expressions in a video")
+    seg.add_argument("video", help="video file or folder of frames")
+    seg.add_argument("--expression", "-e", action="append", required=True, help="referring expression (repeatable)")
+    seg.add_argument("--out", required=True, help="output root: OUT/<video>/<exp_id>/<frame>.png + overlay.mp4")
+    _add_model_arguments(seg)
+    seg.add_argument("--schedule", choices=("sliding", "clip"), default="sliding")
+    seg.add_argument("--key-frames", default="first",
+                     help="'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file")
+    seg.add_argument("--mem-stride", type=int, default=None, help="memory stride (default: the model's, 3)")
+    seg.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
+    seg.add_argument("--video-id", default=None, help="name of the output folder (default: the file stem)")
+    seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    seg.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    seg.add_argument("--no-overlay", action="store_true", help="skip the overlay MP4")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    init = sub.add_parser("init", help="write a random-weight checkpoint of a named size")
+    init.add_argument("--out", required=True)
+    init.add_argument("--config", default="glus-tiny", choices=("glus-tiny", "glus-7b"))
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seg-logit-bias", type=float, default=20.0,
+                      help="make the random LLM predict [SEG] so masks are produced (0 to disable)")
+    init.set_defaults(func=cmd_init)
+
+    info = sub.add_parser("info", help="describe a checkpoint")
+    _add_model_arguments(info)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

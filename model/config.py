@@ -1,0 +1,225 @@
+"""Configuration of a GLUS network: one explicit object, saved as JSON next to the weights.
+
+Two named configurations exist:
+
+* ``glus-7b``: the released GLUS layout (LLaMA-7B, CLIP ViT-L/14-224, SAM-2 Hiera-L v1). Weights come from
+  a local checkpoint directory (see :mod:`model.checkpoint`); nothing is ever downloaded.
+* ``glus-tiny``: the same code path at a size that runs a 32-frame video in seconds on two CPU cores. It is
+  the size of the demo model the project trains itself, and of the test models.
+
+Switches that depart from the reference (fixes of reference bugs, aids for training from scratch) are fields
+here with documented defaults, so that every departure is visible in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class GlusConfig:
+    """Everything needed to build a GLUS network and run it on a video."""
+
+    name: str = "glus-tiny"
+    # --- language model (a LLaMA decoder, built with transformers' LlamaConfig) ---
+    llm: dict[str, Any] = field(default_factory=dict)
+    # --- vision tower (CLIP vision transformer, transformers' CLIPVisionConfig) ---
+    vision: dict[str, Any] = field(default_factory=dict)
+    vision_feature_layer: int = -2  # hidden state of the penultimate layer, CLS token dropped
+    vision_token_pool: int = 4  # average every 4 consecutive patch tokens (raster order): 256 -> 64
+    projector_type: str = "linear"  # "linear" (GLUS) or "mlp2x_gelu" (tiny-model aid)
+    clip_image_size: int = 224
+    clip_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    clip_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    # --- [SEG] projection ---
+    seg_hidden_norm: str | None = None  # None (GLUS) or "batchnorm" (tiny-model aid against collapse)
+    # --- SAM-2 (the `sam2` package's SAM2Base, built from one of its yaml files plus overrides) ---
+    sam2_config: str = "configs/sam2/sam2_hiera_l.yaml"
+    sam2_overrides: list[str] = field(default_factory=list)
+    sam_mean: tuple[float, float, float] = IMAGENET_MEAN
+    sam_std: tuple[float, float, float] = IMAGENET_STD
+    mask_threshold: float = 0.0
+    # --- special tokens (ids in the tokenizer's vocabulary) ---
+    seg_token: str = "[SEG]"
+    im_start_token: str = "<im_start>"
+    im_end_token: str = "<im_end>"
+    # --- video prompt layout and memory ---
+    context_frames: int = 4
+    query_window: int = 4
+    num_maskmem: int = 7  # past frames read by memory attention: previous + 6 at stride `mem_stride`
+    mem_stride: int = 3  # 3 at inference in the reference, 1 in training
+    use_memory_bank: bool = True
+
+    def __post_init__(self) -> None:
+        self.clip_mean = tuple(self.clip_mean)
+        self.clip_std = tuple(self.clip_std)
+        self.sam_mean = tuple(self.sam_mean)
+        self.sam_std = tuple(self.sam_std)
+        if self.projector_type not in ("linear", "mlp2x_gelu"):
+            raise ValueError(f"unknown projector_type {self.projector_type!r}")
+        if self.seg_hidden_norm not in (None, "batchnorm"):
+            raise ValueError(f"unknown seg_hidden_norm {self.seg_hidden_norm!r}")
+        if self.num_maskmem < 1 or self.mem_stride < 1:
+            raise ValueError("num_maskmem and mem_stride must be >= 1")
+
+    # --- derived sizes ---
+    @property
+    def llm_hidden_size(self) -> int:
+        return int(self.llm["hidden_size"])
+
+    @property
+    def vision_hidden_size(self) -> int:
+        return int(self.vision["hidden_size"])
+
+    @property
+    def visual_tokens_per_image(self) -> int:
+        patches = (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+        if patches % self.vision_token_pool:
+            raise ValueError("patch count must be divisible by vision_token_pool")
+        return patches // self.vision_token_pool
+
+    # --- serialisation ---
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GlusConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown GLUS config fields: {unknown}")
+        return cls(**copy.deepcopy(data))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GlusConfig:
+        return cls.from_dict(json.loads((Path(directory) / CONFIG_NAME).read_text()))
+
+
+def glus_7b_config() -> GlusConfig:
+    """The released GLUS layout: LISA-7B (LLaMA-7B, vocab 32004) + CLIP ViT-L/14-224 + SAM-2 Hiera-L v1."""
+    return GlusConfig(
+        name="glus-7b",
+        llm=dict(
+            vocab_size=32004,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=768,
+        ),
+        clip_image_size=224,
+        sam2_config="configs/sam2/sam2_hiera_l.yaml",
+        sam2_overrides=[],
+    )
+
+
+# SAM-2 Hiera-T yaml shrunk to a CPU size: 128 px input, 64-d decoder and memory attention, 32-d memories.
+_TINY_SAM2_OVERRIDES = [
+    "model.image_size=128",
+    "model.image_encoder.trunk.embed_dim=24",
+    "model.image_encoder.trunk.num_heads=1",
+    "model.image_encoder.trunk.stages=[1,1,2,1]",
+    "model.image_encoder.trunk.global_att_blocks=[3]",
+    "model.image_encoder.trunk.window_spec=[8,4,4,2]",
+    "model.image_encoder.neck.backbone_channel_list=[192,96,48,24]",
+    "model.image_encoder.neck.d_model=64",
+    "model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    "model.memory_attention.d_model=64",
+    "model.memory_attention.num_layers=1",
+    "model.memory_attention.layer.d_model=64",
+    "model.memory_attention.layer.dim_feedforward=256",
+    "model.memory_attention.layer.self_attention.embedding_dim=64",
+    "model.memory_attention.layer.self_attention.feat_sizes=[8,8]",
+    "model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "model.memory_attention.layer.cross_attention.kv_in_dim=32",
+    "model.memory_attention.layer.cross_attention.feat_sizes=[8,8]",
+    "model.memory_encoder.out_dim=32",
+    "model.memory_encoder.in_dim=64",
+    "model.memory_encoder.position_encoding.num_pos_feats=32",
+    "model.memory_encoder.mask_downsampler.embed_dim=64",
+    "model.memory_encoder.fuser.layer.dim=64",
+]
+
+
+def glus_tiny_config(vocab_size: int = 320) -> GlusConfig:
+    """Same code path as glus-7b at CPU size (about 3 M parameters)."""
+    return GlusConfig(
+        name="glus-tiny",
+        llm=dict(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=128,
+        ),
+        clip_image_size=64,
+        projector_type="linear",
+        seg_hidden_norm=None,
+        sam2_config="configs/sam2/sam2_hiera_t.yaml",
+        sam2_overrides=list(_TINY_SAM2_OVERRIDES),
+    )
+
+
+NAMED_CONFIGS = {"glus-7b": glus_7b_config, "glus-tiny": glus_tiny_config}
+
+
+def get_config(name: str) -> GlusConfig:
+    """A fresh copy of a named configuration (``glus-7b`` or ``glus-tiny``)."""
+    try:
+        return NAMED_CONFIGS[name]()
+    except KeyError:
+        raise ValueError(f"unknown configuration {name!r}; known: {sorted(NAMED_CONFIGS)}") from None

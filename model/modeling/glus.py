@@ -1,0 +1,113 @@
+"""The GLUS network: CLIP -> pooled projector -> LLaMA -> [SEG] projector -> SAM-2 with a memory bank.
+
+Parameter names (``vision_tower``, ``multi_modal_projector``, ``language_model``, ``seg_projector``,
+``sam``) are this project's; :mod:`model.checkpoint` maps the released GLUS / SAM-2 key names onto them.
+Running a whole video (prompts, schedules, memory bank) is :mod:`model.inference`; this module is the
+network and its per-step pieces.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from ..config import GlusConfig
+from ..tokenizer import IMAGE_PLACEHOLDER_ID
+from . import sam2_memory
+from .projector import VisionProjector
+from .seg_projector import SegProjector
+
+
+class GlusModel(nn.Module):
+    """One GLUS network. Holds weights only: no memory bank, no per-video state."""
+
+    def __init__(self, config: GlusConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**config.vision))
+        self.multi_modal_projector = VisionProjector(
+            config.vision_hidden_size, config.llm_hidden_size, config.vision_token_pool, config.projector_type
+        )
+        llm_config = LlamaConfig(**config.llm)
+        llm_config.use_cache = False
+        self.language_model = LlamaForCausalLM(llm_config)
+        self.sam = sam2_memory.build_sam2(config.sam2_config, config.sam2_overrides)
+        self.seg_projector = SegProjector(config.llm_hidden_size, self.sam.hidden_dim, config.seg_hidden_norm)
+
+    # --- sizes ---
+    @property
+    def sam_image_size(self) -> int:
+        return int(self.sam.image_size)
+
+    @property
+    def visual_tokens_per_image(self) -> int:
+        return self.config.visual_tokens_per_image
+
+    # --- multimodal LLM ---
+    def encode_images(self, clip_pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, s, s)`` CLIP inputs -> ``(N, T, C_llm)`` visual tokens (penultimate layer, CLS dropped)."""
+        out = self.vision_tower(clip_pixel_values, output_hidden_states=True)
+        patches = out.hidden_states[self.config.vision_feature_layer][:, 1:]
+        return self.multi_modal_projector(patches)
+
+    def embed_prompt(self, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``input_ids`` ``(L,)`` with each placeholder (-200) replaced by one image's
+        ``T`` visual tokens, in order. Returns ``(L + n_images * (T - 1), C_llm)``."""
+        is_image = input_ids == IMAGE_PLACEHOLDER_ID
+        n_images, tokens_per_image, width = image_features.shape
+        if int(is_image.sum()) != n_images:
+            raise ValueError(f"prompt has {int(is_image.sum())} image placeholders but {n_images} images were given")
+        text = self.language_model.get_input_embeddings()(input_ids.clamp(min=0)[~is_image])
+        widths = torch.where(is_image, tokens_per_image, 1)
+        starts = torch.cumsum(widths, 0) - widths
+        out = text.new_empty(int(widths.sum()), width)
+        out[starts[~is_image]] = text
+        image_pos = (starts[is_image].unsqueeze(1) + torch.arange(tokens_per_image, device=starts.device)).flatten()
+        out[image_pos] = image_features.reshape(-1, width).to(text.dtype)
+        return out
+
+    def language_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer hidden states (after the final RMSNorm) of ``(B, E, C)`` embeddings."""
+        out = self.language_model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.lm_head(hidden)
+
+    def project_seg(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """``(K, C_llm)`` hidden states that predict [SEG] -> ``(K, C_sam)`` SAM-2 prompt tokens."""
+        return self.seg_projector(seg_hidden)
+
+    # --- SAM-2 with GLUS's memory (see sam2_memory) ---
+    def encode_frame(self, sam_pixel_values: torch.Tensor) -> sam2_memory.FrameFeatures:
+        return sam2_memory.encode_frame(self.sam, sam_pixel_values)
+
+    def condition_on_memory(self, feats: sam2_memory.FrameFeatures, memories: list) -> torch.Tensor:
+        return sam2_memory.condition_on_memory(self.sam, feats, memories)
+
+    def decode_masks(
+        self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, seg_embeddings: torch.Tensor
+    ) -> sam2_memory.MaskDecoderOutput:
+        return sam2_memory.decode_masks(self.sam, conditioned, feats, seg_embeddings)
+
+    def encode_memory(
+        self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, lowres_logits: torch.Tensor
+    ) -> sam2_memory.MemoryEntry:
+        return sam2_memory.encode_memory(self.sam, conditioned, feats.top_size, lowres_logits)
+
+
+def seg_state_positions(input_ids: torch.Tensor, seg_token_id: int, tokens_per_image: int) -> torch.Tensor:
+    """Positions, in the image-expanded sequence, of the hidden states that predict each ``[SEG]``.
+
+    That is the position right before every ``[SEG]`` token, after each placeholder (-200) is widened to
+    ``tokens_per_image`` positions. (The reference builds the same mask the LISA way: shift by one,
+    prepend the context images' width, add one image's width before every ``[SEG]``.)
+    """
+    widths = torch.where(input_ids == IMAGE_PLACEHOLDER_ID, tokens_per_image, 1)
+    starts = torch.cumsum(widths, 0) - widths
+    return starts[input_ids == seg_token_id] - 1
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
