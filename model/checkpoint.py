@@ -232,9 +232,18 @@ def load_released_glus(
     clip_dir: str | Path,
     sam2_checkpoint: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
+    sam2_config: str | None = None,
+    sam2_overrides: list[str] | None = None,
 ) -> tuple[GlusModel, GlusTokenizer, list[LoadReport]]:
-    """Build glus-7b from a released checkpoint folder plus a local CLIP folder (and optionally SAM-2 .pt)."""
+    """Build glus-7b from a released checkpoint folder plus a local CLIP folder (and optionally SAM-2 .pt).
+
+    ``sam2_config``/``sam2_overrides`` replace SAM-2 Hiera-L v1 (GLUS's) only for checkpoints trained otherwise.
+    """
     config = released_config(glus_dir, clip_dir)
+    if sam2_config is not None:
+        config.sam2_config = sam2_config
+    if sam2_overrides is not None:
+        config.sam2_overrides = list(sam2_overrides)
     model = GlusModel(config)
     reports = []
     if sam2_checkpoint is not None:

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install.sh --dev
 VENV="${GLUS_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
-"$VENV/bin/ruff" check model glus_backend tests bench _wsgi.py 2>/dev/null || "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" check .
 "$VENV/bin/python" -m pytest -q "$@"

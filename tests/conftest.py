@@ -22,3 +22,28 @@ def require_fixture() -> Path:
     if not (FIXTURE_DIR / "weights.safetensors").is_file():
         pytest.fail(f"parity fixture missing at {FIXTURE_DIR} (shared/ must sit beside the checkout)")
     return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A seeded random glus-tiny whose LLM predicts [SEG] (so the SAM-2 path runs)."""
+    from model.factory import random_model
+
+    model, tokenizer = random_model("glus-tiny", seed=0, seg_logit_bias=20.0)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def moving_square_video():
+    """12 frames, 96x128, a red square moving right over a noisy ramp: distinct frames, deterministic."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for t in range(12):
+        base = np.tile(np.linspace(0, 200, 128, dtype=np.uint8)[None, :, None], (96, 1, 3))
+        frame = np.clip(base.astype(int) + rng.integers(-10, 10, base.shape), 0, 255).astype(np.uint8)
+        x = 5 + 8 * t
+        frame[30:54, x : x + 24] = (220, 20, 20)
+        frames.append(frame)
+    return np.stack(frames)

@@ -1,0 +1,108 @@
+"""Shapes, dtypes and rules through the whole glus-tiny path (random weights)."""
+
+import torch
+
+from model.modeling.glus import seg_state_positions
+from model.modeling.memory_bank import MemoryBank, MemoryEntry, positions_to_read
+from model.preprocessing import clip_pixel_values, sam_pixel_values
+from model.prompting import inference_prompt
+from model.tokenizer import IMAGE_PLACEHOLDER_ID
+
+
+def test_shapes_and_dtypes_through_the_path(tiny, moving_square_video):
+    model, tok = tiny
+    cfg = model.config
+    frames = list(moving_square_video[:5])
+    with torch.no_grad():
+        clip = clip_pixel_values(frames, cfg.clip_image_size, cfg.clip_mean, cfg.clip_std)
+        assert clip.shape == (5, 3, 64, 64) and clip.dtype == torch.float32
+        tokens = model.encode_images(clip)
+        assert tokens.shape == (5, 16, 128) and tokens.dtype == torch.float32  # 64 patches pooled 4:1
+        ids = torch.tensor(tok.encode_prompt(inference_prompt("the red square", 4, 1)))
+        embeds = model.embed_prompt(ids, tokens)
+        assert embeds.shape == (len(ids) + 5 * 15, 128)
+        # image tokens land where the placeholders were, in order
+        first = int((ids == IMAGE_PLACEHOLDER_ID).nonzero()[0])
+        assert torch.equal(embeds[first : first + 16], tokens[0])
+        hidden = model.language_hidden_states(embeds.unsqueeze(0))
+        assert hidden.shape == (1, embeds.shape[0], 128)
+        seg = model.project_seg(hidden[0, -1:])
+        assert seg.shape == (1, model.sam.hidden_dim) == (1, 64)
+        sam = sam_pixel_values(frames[:1], model.sam_image_size, cfg.sam_mean, cfg.sam_std)
+        assert sam.shape == (1, 3, 128, 128)
+        feats = model.encode_frame(sam)
+        assert feats.top.shape == (64, 1, 64) and feats.top_size == (8, 8)
+        assert [tuple(h.shape) for h in feats.high_res] == [(1, 8, 32, 32), (1, 16, 16, 16)]
+        conditioned = model.condition_on_memory(feats, [])
+        out = model.decode_masks(conditioned, feats, seg)
+        assert out.lowres_logits.shape == (1, 1, 32, 32) and out.iou_prediction.shape == (1, 1)
+        memory = model.encode_memory(conditioned, feats, out.lowres_logits)
+        assert memory.features.shape == (1, 32, 8, 8) and memory.pos_enc.shape == (1, 32, 8, 8)
+        with_memory = model.condition_on_memory(feats, [memory, memory])
+        assert with_memory.shape == conditioned.shape and not torch.allclose(with_memory, conditioned)
+
+
+def test_placeholder_count_mismatch_is_an_error(tiny):
+    model, tok = tiny
+    ids = torch.tensor(tok.encode_prompt(inference_prompt("x", 4, 1)))
+    try:
+        model.embed_prompt(ids, torch.zeros(4, 16, 128))
+    except ValueError as exc:
+        assert "5 image placeholders but 4 images" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def _reference_seg_mask_positions(ids: list[int], seg_id: int, num_context: int, extra: int) -> list[int]:
+    """The reference's LISA-style rule (GLUS.py evaluate): shift by one, prepend the context images' width,
+    then widen by one image before every [SEG]. Written as the loop the reference uses."""
+    mask = [i == seg_id for i in ids[1:]]
+    mask = [False] * (num_context * extra) + mask
+    length = len(mask) + ids.count(seg_id) * extra
+    out = [False] * length
+    col = 0
+    for value in mask:
+        if value:
+            col += extra
+            out[col] = True
+        col += 1
+    assert col == length
+    return [p for p, v in enumerate(out) if v]
+
+
+def test_seg_position_rule_matches_the_reference(tiny):
+    _, tok = tiny
+    seg_id = tok.token_to_id("[SEG]")
+    for rounds in (1, 2, 4):
+        ids = tok.encode_prompt(inference_prompt("the dog", 4, rounds, open_last=False))
+        ours = seg_state_positions(torch.tensor(ids), seg_id, 16).tolist()
+        # the reference's shift trick needs the placeholder -200 gone (it indexes ids without images)
+        assert ours == _reference_seg_mask_positions(ids, seg_id, 4, 15)
+        expanded = []
+        for i in ids:
+            expanded.extend([IMAGE_PLACEHOLDER_ID] * 16 if i == IMAGE_PLACEHOLDER_ID else [i])
+        assert all(expanded[p + 1] == seg_id for p in ours) and len(ours) == rounds
+
+
+def test_memory_reads_the_right_frames():
+    # stride 3 (inference): frame 20 reads 19 and 18, 15, 12, 9, 6, 3 (oldest first)
+    assert positions_to_read(20, 7, 3) == [3, 6, 9, 12, 15, 18, 19]
+    assert positions_to_read(0, 7, 3) == []
+    assert positions_to_read(1, 7, 3) == [0]
+    assert positions_to_read(4, 7, 3) == [0, 3]
+    # stride 1 (training): frame 3 of a clip reads 0, 1, 2; frame 10 reads the 7 previous frames
+    assert positions_to_read(3, 7, 1) == [0, 1, 2]
+    assert positions_to_read(10, 7, 1) == [3, 4, 5, 6, 7, 8, 9]
+
+
+def test_bank_keeps_only_what_can_still_be_read():
+    for stride in (1, 3):
+        bank = MemoryBank(7, stride)
+        everything: dict[int, MemoryEntry] = {}
+        for f in range(200):
+            expected = [everything[p] for p in positions_to_read(f, 7, stride)]
+            assert [id(e.features) for e in bank.read(f)] == [id(e.features) for e in expected]
+            entry = MemoryEntry(torch.full((1,), float(f)), torch.zeros(1))
+            bank.write(f, entry)
+            everything[f] = bank.entries[f]
+            assert len(bank) <= 7
