@@ -26,7 +26,7 @@ from .keyframes import ConfidenceKeyFrames, FirstFrame, JsonKeyFrames
 from .modeling import GlusModel
 from .prompting import EmptyExpressionError
 from .tokenizer import GlusTokenizer
-from .video_io import FrameFolder, VideoFile, VideoReadError, open_frames
+from .video_io import ArrayFrames, FrameFiles, FrameFolder, VideoFile, VideoReadError, open_frames
 
 __all__ = [
     "CheckpointError",
@@ -35,6 +35,8 @@ __all__ = [
     "Expression",
     "ExpressionResult",
     "FirstFrame",
+    "ArrayFrames",
+    "FrameFiles",
     "FrameFolder",
     "FrameResult",
     "GlusConfig",

@@ -61,20 +61,16 @@ class ArrayFrames:
         return self._names
 
 
-class FrameFolder:
-    """A folder of image files (MeViS ``JPEGImages/<video>/``), in natural filename order."""
+class FrameFiles:
+    """A list of image files, one per frame, in the given order (e.g. a frame-sequence task's images)."""
 
-    def __init__(self, directory: str | Path, cache_size: int = 16) -> None:
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise VideoReadError(f"frame folder not found: {self.directory}")
-        self.paths = sorted(
-            (p for p in self.directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
-        )
+    def __init__(self, paths: Sequence[str | Path], cache_size: int = 16) -> None:
+        self.paths = [Path(p) for p in paths]
         if not self.paths:
-            raise VideoReadError(f"no image files in {self.directory}")
+            raise VideoReadError("the frame list is empty")
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,6 +82,13 @@ class FrameFolder:
         bgr = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
         if bgr is None:
             raise VideoReadError(f"cannot decode frame {index} ({self.paths[index]})")
+        if self._size is None:
+            self._size = bgr.shape[:2]
+        elif bgr.shape[:2] != self._size:
+            raise VideoReadError(
+                f"frame {index} ({self.paths[index]}) is {bgr.shape[1]}x{bgr.shape[0]}, "
+                f"the first frame is {self._size[1]}x{self._size[0]}: all frames of a video must have one size"
+            )
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         self._cache[index] = rgb
         if len(self._cache) > self._cache_size:
@@ -95,6 +98,21 @@ class FrameFolder:
     @property
     def frame_names(self) -> list[str]:
         return [p.stem for p in self.paths]
+
+
+class FrameFolder(FrameFiles):
+    """A folder of image files (MeViS ``JPEGImages/<video>/``), in natural filename order."""
+
+    def __init__(self, directory: str | Path, cache_size: int = 16) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise VideoReadError(f"frame folder not found: {self.directory}")
+        paths = sorted(
+            (p for p in self.directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
+        )
+        if not paths:
+            raise VideoReadError(f"no image files in {self.directory}")
+        super().__init__(paths, cache_size)
 
 
 class VideoFile:

@@ -47,3 +47,39 @@ def moving_square_video():
         frame[30:54, x : x + 24] = (220, 20, 20)
         frames.append(frame)
     return np.stack(frames)
+
+
+def test_redis_url() -> str:
+    import os
+
+    return f"redis://127.0.0.1:6379/{int(os.environ.get('GLUS_TEST_REDIS_DB', '13'))}"
+
+
+test_redis_url.__test__ = False  # a helper, not a test
+
+
+def delete_test_keys(redis, prefix: str, job_ids=()) -> None:
+    """Remove only what a test created: keys naming its prefix (queues, registries, store) and its jobs."""
+    keys = set(redis.scan_iter(match=f"*{prefix}*", count=1000))
+    for job_id in job_ids:
+        keys.update(redis.scan_iter(match=f"rq:*{job_id}*", count=1000))
+    if keys:
+        redis.delete(*keys)
+
+
+@pytest.fixture
+def redis_prefix(request):
+    """A real Redis connection (test DB) and a unique key prefix; the test's keys are removed afterwards."""
+    import uuid
+
+    from redis import Redis
+
+    redis = Redis.from_url(test_redis_url())
+    try:
+        redis.ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"Redis is needed at {test_redis_url()}: {exc}")
+    prefix = f"glustest{uuid.uuid4().hex[:10]}"
+    created: list[str] = []
+    yield redis, prefix, created
+    delete_test_keys(redis, prefix, created)

@@ -1,0 +1,153 @@
+"""``glus-backend``: run and operate the Label Studio backend.
+
+    glus-backend serve [--port 9090]                 # the web process (gunicorn)
+    glus-backend worker [--queues predict,ingest]    # one GPU/CPU worker; --devices cuda:0,cuda:1 for one per GPU
+    glus-backend status                              # queue depths, workers, model version
+    glus-backend job JOB_ID                          # one job's status, progress and error
+    glus-backend retry JOB_ID                        # run a failed job again
+    glus-backend import-videos VIDEO... --project ID --expression "..."   # videos -> frame-sequence tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+logger = logging.getLogger("glus_backend")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[1]
+    if args.dev:
+        from .server import create_app
+
+        create_app().run(host=args.host, port=args.port, threaded=True)
+        return 0
+    cmd = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--threads", str(args.threads),
+           "--bind", f"{args.host}:{args.port}", "--timeout", "120", "--chdir", str(root), "_wsgi:app"]
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker, run_worker_pool
+
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    if args.devices:
+        base = ["worker", "--queues", args.queues] + (["--burst"] if args.burst else [])
+        return run_worker_pool(base, [d.strip() for d in args.devices.split(",") if d.strip()])
+    run_worker(Settings.from_env(), queues=queues, burst=args.burst, device=args.device)
+    return 0
+
+
+def _queues():
+    from redis import Redis
+
+    from .queues import JobQueues
+
+    settings = Settings.from_env()
+    return JobQueues(Redis.from_url(settings.redis_url), settings)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rq import Worker
+
+    from .registry import ModelRegistry, NoModelError
+
+    queues = _queues()
+    settings = queues.settings
+    try:
+        version = ModelRegistry(settings.model_dir, settings.checkpoint).current().version
+    except NoModelError as exc:
+        version = f"none ({exc})"
+    names = {queues.name(k) for k in ("predict", "ingest", "train")}
+    workers = [w.name for w in Worker.all(connection=queues.redis) if names & set(w.queue_names())]
+    print(json.dumps({"model_version": version, "queues": queues.counts(), "workers": workers}, indent=2))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from .queues import job_view
+
+    job = _queues().fetch(args.job_id)
+    if job is None:
+        logger.error("no job %s", args.job_id)
+        return 1
+    print(json.dumps(job_view(job), indent=2, default=str))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    queues = _queues()
+    job = queues.fetch(args.job_id)
+    if job is None:
+        logger.error("no job %s", args.job_id)
+        return 1
+    job.meta.pop("error", None)
+    job.meta.pop("error_kind", None)
+    job.save_meta()
+    job.requeue()
+    logger.info("job %s requeued", args.job_id)
+    return 0
+
+
+def cmd_import_videos(args: argparse.Namespace) -> int:
+    from .video_import import import_videos
+
+    summary = import_videos(args)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glus-backend", description="GLUS Label Studio ML backend")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the web process")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9090")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "8")))
+    serve.add_argument("--dev", action="store_true", help="Flask's threaded server instead of gunicorn")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a GLUS worker (loads the model once)")
+    worker.add_argument("--queues", default="predict,ingest,train")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: GLUS_DEVICE)")
+    worker.add_argument("--devices", default=None, help="one worker process per device, e.g. cuda:0,cuda:1")
+    worker.set_defaults(func=cmd_worker)
+
+    status = sub.add_parser("status", help="queue depths, workers, model version")
+    status.set_defaults(func=cmd_status)
+    job = sub.add_parser("job", help="one job's status")
+    job.add_argument("job_id")
+    job.set_defaults(func=cmd_job)
+    retry = sub.add_parser("retry", help="run a failed job again")
+    retry.add_argument("job_id")
+    retry.set_defaults(func=cmd_retry)
+
+    imp = sub.add_parser("import-videos", help="turn videos into frame-sequence tasks in a Label Studio project")
+    from .video_import import add_import_arguments
+
+    add_import_arguments(imp)
+    imp.set_defaults(func=cmd_import_videos)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The functions RQ runs in GLUS workers: predict a task, ingest or delete a correction.
+
+Each takes one JSON-able payload written by the web process (:mod:`glus_backend.server`) and reaches the
+worker's model and Label Studio client through :func:`~glus_backend.worker.current_runtime`. Masks arrive
+from the ``model`` package as numpy arrays and leave as Label Studio results: this package never touches
+tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rq import get_current_job
+
+from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
+from .media import resolve_media
+from .prompts import ObjectPrompt, PromptError, extract_prompts
+from .queues import PENDING_MODEL_VERSION
+from .results import ObjectTrack, frame_sequence_results, mask_to_box, prediction, video_rectangle_results
+from .worker import PermanentJobError, WorkerRuntime, current_runtime
+
+logger = logging.getLogger(__name__)
+
+
+class _Progress:
+    """Job progress in ``job.meta["progress"]``, saved at most twice a second."""
+
+    def __init__(self) -> None:
+        self.job = get_current_job()
+        self.last = 0.0
+
+    def update(self, stage: str, done: int = 0, total: int = 0, force: bool = False) -> None:
+        if self.job is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < 0.5:
+            return
+        self.last = now
+        self.job.meta["progress"] = {"stage": stage, "frames_done": done, "frames_total": total}
+        self.job.save_meta()
+
+
+def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_id: int) -> tuple[Any, float]:
+    """A lazy frame source for the task's video or frame list, and its frame rate."""
+    from model.video_io import FrameFiles, VideoFile, VideoReadError
+
+    settings = runtime.settings
+    if config.value_key not in data:
+        tag = "Video" if config.kind == "video" else "Image valueList"
+        raise PermanentJobError(
+            f"task {task_id} has no '{config.value_key}' field (the labeling config's <{tag}> reads ${config.value_key})"
+        )
+    value = data[config.value_key]
+    cache = settings.model_dir / "cache" / "media"
+    client = runtime.label_studio()
+    common = dict(client=client, dest_dir=cache, task_id=task_id, max_bytes=settings.max_media_bytes,
+                  local_files_root=settings.local_files_root)
+    try:
+        if config.kind == "video":
+            if not isinstance(value, str) or not value.strip():
+                raise PermanentJobError(f"task {task_id}: '{config.value_key}' must be a video URL, got {value!r}")
+            source = VideoFile(resolve_media(value, **common))
+            fps = source.fps or config.framerate or 25.0
+        else:
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise PermanentJobError(f"task {task_id}: '{config.value_key}' must be a non-empty list of image URLs")
+            if len(value) > settings.max_frames:
+                raise PermanentJobError(f"task {task_id} has {len(value)} frames, over the limit of "
+                                        f"{settings.max_frames} (GLUS_MAX_FRAMES)")
+            source = FrameFiles([resolve_media(v, **common) for v in value])
+            fps = config.framerate or 25.0
+    except VideoReadError as exc:
+        raise PermanentJobError(f"task {task_id}: {exc}") from exc
+    if len(source) > settings.max_frames:
+        raise PermanentJobError(f"task {task_id}: the video has {len(source)} frames, over the limit of "
+                                f"{settings.max_frames} (GLUS_MAX_FRAMES)")
+    return source, fps
+
+
+def _segment(runtime: WorkerRuntime, source: Any, prompts: list[ObjectPrompt], progress: _Progress,
+             keep_masks: bool) -> tuple[list[ObjectTrack], str]:
+    """Run GLUS for every prompt; per object and frame, the mask (frame sequences) or its box (videos)."""
+    from model.inference import Expression, SegmentOptions
+    from model.keyframes import ConfidenceKeyFrames, FirstFrame
+
+    loaded = runtime.model()
+    n = len(source)
+    masks: list[list[np.ndarray | None]] = [[None] * n for _ in prompts]
+    scores: list[list[float]] = [[0.0] * n for _ in prompts]
+    key_frames = ConfidenceKeyFrames() if runtime.settings.key_frames == "confidence" else FirstFrame()
+    options = SegmentOptions(schedule=runtime.settings.schedule, key_frames=key_frames)
+    expressions = [Expression(p.expression, str(i)) for i, p in enumerate(prompts)]
+    done = 0
+    for obj, _key, frame in loaded.segmenter.segment_stream(source, expressions, options):
+        if frame.present:
+            # videos need boxes only: long videos must not hold every frame's full-resolution mask
+            masks[obj][frame.frame_index] = frame.mask if keep_masks else mask_to_box(frame.mask)
+            scores[obj][frame.frame_index] = frame.score
+        done += 1
+        progress.update("segmenting", done, n * len(prompts))
+    tracks = [ObjectTrack(label=p.label, expression=p.expression, masks=masks[i], scores=scores[i])
+              for i, p in enumerate(prompts)]
+    return tracks, loaded.version.version
+
+
+def predict_task(payload: dict) -> dict:
+    """Segment a task's media for each of its expressions and post the prediction to Label Studio."""
+    runtime = current_runtime()
+    progress = _Progress()
+    task_id = int(payload["task_id"])
+    try:
+        config = parse_label_config(payload.get("label_config") or "")
+    except UnsupportedLabelConfig as exc:
+        raise PermanentJobError(f"unsupported labeling config: {exc}") from exc
+    try:
+        prompts = extract_prompts(payload.get("data") or {}, config, runtime.settings.expression_fields,
+                                  payload.get("context"), max_objects=runtime.settings.max_objects)
+    except PromptError as exc:
+        raise PermanentJobError(f"task {task_id}: {exc}") from exc
+    progress.update("fetching media", force=True)
+    source, fps = _open_media(runtime, config, payload.get("data") or {}, task_id)
+    first = source.frame(0)
+    height, width = first.shape[:2]
+    tracks, version = _segment(runtime, source, prompts, progress, keep_masks=config.kind == "frames")
+    if config.kind == "frames":
+        results = frame_sequence_results(tracks, config, width, height)
+    else:
+        results = video_rectangle_results(tracks, config, len(source), fps)
+    object_scores = [float(np.mean([s for s, m in zip(t.scores, t.masks) if m is not None]))
+                     for t in tracks if any(m is not None for m in t.masks)]
+    pred = prediction(results, float(np.mean(object_scores)) if object_scores else 0.0, version)
+    runtime.queues.put_prediction(payload["job_id"], pred)
+    progress.update("posting", len(source) * len(prompts), len(source) * len(prompts), force=True)
+    prediction_id = _post(runtime, task_id, payload["job_id"], pred)
+    return {
+        "task_id": task_id,
+        "model_version": version,
+        "objects": [{"expression": t.expression, "label": t.label,
+                     "frames_present": sum(m is not None for m in t.masks)} for t in tracks],
+        "frames": len(source),
+        "results": len(results),
+        "prediction_id": prediction_id,
+    }
+
+
+def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int | None:
+    """Post the prediction once (idempotent across retries) and remove this task's placeholders."""
+    client = runtime.label_studio()
+    if client is None:
+        logger.warning("LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY not set: task %d's prediction stays in the result "
+                       "store and is returned on the next /predict", task_id)
+        return None
+    posted = runtime.queues.posted(job_id)
+    existing = client.list_predictions(task_id)
+    if posted is None:
+        # A crash between posting and recording it must not post twice: look for our prediction first.
+        same = [p for p in existing if p.get("model_version") == pred["model_version"] and p.get("result") == pred["result"]]
+        if same:
+            posted = int(same[0]["id"])
+        else:
+            created = client.create_prediction(task_id, pred["result"], pred["score"], pred["model_version"])
+            posted = int(created["id"])
+        runtime.queues.mark_posted(job_id, posted)
+    for p in existing:
+        if p.get("model_version") == PENDING_MODEL_VERSION and not p.get("result"):
+            client.delete_prediction(int(p["id"]))
+    return posted
+
+
+# --- corrections ---
+def _annotation_path(model_dir: Path, project_id: Any, task_id: Any, annotation_id: Any) -> Path:
+    return model_dir / "data" / "annotations" / f"project_{project_id}" / f"task_{task_id}" / f"annotation_{annotation_id}.json"
+
+
+def ingest_annotation(payload: dict) -> dict:
+    """Store an annotator's submitted or updated annotation (re-submission replaces it)."""
+    runtime = current_runtime()
+    annotation = payload.get("annotation") or {}
+    task = payload.get("task") or {}
+    project = payload.get("project") or {}
+    if not annotation.get("id") or not task.get("id"):
+        raise PermanentJobError("webhook payload without annotation or task id")
+    path = _annotation_path(runtime.settings.model_dir, project.get("id"), task.get("id"), annotation["id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"annotation": annotation, "task": task, "project": project}, indent=1))
+    tmp.replace(path)
+    return {"stored": str(path), "results": len(annotation.get("result") or []), "action": payload.get("action")}
+
+
+def delete_annotations(payload: dict) -> dict:
+    """Remove stored corrections of deleted annotations (ANNOTATIONS_DELETED)."""
+    runtime = current_runtime()
+    root = runtime.settings.model_dir / "data" / "annotations"
+    removed = []
+    for annotation_id in payload.get("annotation_ids") or []:
+        for path in root.glob(f"project_*/task_*/annotation_{annotation_id}.json"):
+            path.unlink()
+            removed.append(str(path))
+    return {"removed": removed}

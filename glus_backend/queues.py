@@ -1,0 +1,166 @@
+"""RQ queues, idempotent job ids, and the result store, shared by the web process and the workers.
+
+Queues: ``<prefix>-predict`` (segment a task's media and post a prediction), ``<prefix>-ingest`` (store an
+annotator's correction), ``<prefix>-train`` (fine-tune). A predict job's id hashes what determines its
+output - the task, its data (media and expressions), the prompt context, the label config and the model
+version - so a repeated request finds the existing job instead of running or posting again. A claim key set
+with ``SET NX`` closes the race between two web threads enqueueing the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from .settings import Settings
+
+PREDICT, INGEST, TRAIN = "predict", "ingest", "train"
+QUEUE_KINDS = (PREDICT, INGEST, TRAIN)
+PENDING_MODEL_VERSION = "pending"
+
+
+def _digest(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def make_job_id(kind: str, *parts: Any) -> str:
+    """``<kind>-<hash of parts>``: the same inputs always give the same id."""
+    return f"{kind}-{_digest(*parts)}"
+
+
+def predict_job_id(task_id: int, data: dict, context: Any, label_config: str, model_version: str) -> str:
+    return make_job_id(PREDICT, task_id, data, context, label_config, model_version)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    created: bool  # False: the same job already existed (queued, running, finished or failed)
+    status: str
+
+
+class JobQueues:
+    """The project's queues on one Redis connection; all names and keys start with the prefix."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.prefix = settings.queue_prefix
+
+    def name(self, kind: str) -> str:
+        if kind not in QUEUE_KINDS:
+            raise ValueError(f"unknown queue {kind!r}")
+        return f"{self.prefix}-{kind}"
+
+    def queue(self, kind: str) -> Queue:
+        return Queue(self.name(kind), connection=self.redis)
+
+    def key(self, *parts: str) -> str:
+        return ":".join([self.prefix, *parts])
+
+    def fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return None
+
+    def _retry(self) -> Retry | None:
+        if self.settings.job_retries <= 0:
+            return None
+        return Retry(max=self.settings.job_retries, interval=list(self.settings.retry_intervals))
+
+    def enqueue(self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None
+                ) -> Enqueued:
+        """Enqueue ``func(payload)`` under ``job_id`` unless a job with that id exists (idempotent)."""
+        existing = self.fetch(job_id)
+        if existing is not None:
+            return Enqueued(job_id, False, _status(existing))
+        claimed = self.redis.set(self.key("claim", job_id), "1", nx=True, ex=max(self.settings.result_ttl, 60))
+        if not claimed:
+            existing = self.fetch(job_id)
+            return Enqueued(job_id, False, _status(existing) if existing else "queued")
+        self.queue(kind).enqueue(
+            func,
+            payload,
+            job_id=job_id,
+            job_timeout=timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.result_ttl,
+            retry=self._retry(),
+            meta={"kind": kind, **(meta or {})},
+            description=f"{kind} {meta or ''}",
+        )
+        return Enqueued(job_id, True, JobStatus.QUEUED.value)
+
+    def release_claim(self, job_id: str) -> None:
+        """Forget a job id so that the same request can be enqueued again (used by `retry`)."""
+        self.redis.delete(self.key("claim", job_id))
+
+    # --- result store ---
+    def put_prediction(self, job_id: str, prediction: dict) -> None:
+        self.redis.set(self.key("result", job_id), json.dumps(prediction), ex=self.settings.result_ttl)
+
+    def get_prediction(self, job_id: str) -> dict | None:
+        raw = self.redis.get(self.key("result", job_id))
+        return json.loads(raw) if raw else None
+
+    def mark_posted(self, job_id: str, prediction_id: int) -> None:
+        self.redis.set(self.key("posted", job_id), str(prediction_id), ex=self.settings.result_ttl)
+
+    def posted(self, job_id: str) -> int | None:
+        raw = self.redis.get(self.key("posted", job_id))
+        return int(raw) if raw else None
+
+    # --- metrics ---
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for kind in QUEUE_KINDS:
+            q = self.queue(kind)
+            out[kind] = {
+                "queued": q.count,
+                "started": q.started_job_registry.count,
+                "scheduled": q.scheduled_job_registry.count,
+                "finished": q.finished_job_registry.count,
+                "failed": q.failed_job_registry.count,
+            }
+        return out
+
+
+def _status(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    return status.value if status is not None else "unknown"
+
+
+def job_view(job: Job) -> dict:
+    """What ``GET /jobs/<id>`` shows: status, progress, a readable error, the result summary."""
+    status = _status(job)
+    view: dict[str, Any] = {
+        "id": job.id,
+        "status": status,
+        "queue": job.origin,
+        "kind": job.meta.get("kind"),
+        "task_id": job.meta.get("task_id"),
+        "progress": job.meta.get("progress"),
+        "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "retries_left": job.retries_left,
+    }
+    if job.meta.get("error"):
+        view["error"] = job.meta["error"]
+        view["error_kind"] = job.meta.get("error_kind")
+    elif status == JobStatus.FAILED.value:
+        result = job.latest_result()
+        exc = (result.exc_string or "") if result is not None else ""
+        view["error"] = exc.strip().splitlines()[-1] if exc.strip() else "failed"
+    if status == JobStatus.FINISHED.value:
+        view["result"] = job.return_value()
+    return view

@@ -1,0 +1,107 @@
+"""Configuration from environment variables, with Label Studio's ML-backend names where they exist.
+
+Every variable is listed, with its default, in the README's configuration table; ``Settings.describe()``
+prints the same list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env(*names: str, default: str | None = None) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Label Studio (same names as Label Studio's ML backends) ---
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL (alias LABEL_STUDIO_HOST)
+    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (alias LABEL_STUDIO_ACCESS_TOKEN): legacy or PAT
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS
+    model_dir: Path = Path("model_dir")  # MODEL_DIR: registry, corrections, media cache
+    local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT (alias LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)
+    # --- queues ---
+    redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL
+    queue_prefix: str = "glus"  # GLUS_QUEUE_PREFIX: queue names and Redis keys start with it
+    # --- model ---
+    checkpoint: str | None = None  # GLUS_CHECKPOINT: model directory (default: the bundled demo model)
+    clip_dir: str | None = None  # GLUS_CLIP_DIR: local CLIP folder, for released GLUS checkpoints
+    sam2_checkpoint: str | None = None  # GLUS_SAM2_CHECKPOINT: optional SAM-2 .pt, for released checkpoints
+    device: str = "auto"  # GLUS_DEVICE: auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # GLUS_PRECISION: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    schedule: str = "sliding"  # GLUS_SCHEDULE: sliding | clip
+    key_frames: str = "first"  # GLUS_KEY_FRAMES: first | confidence
+    # --- prediction ---
+    expression_fields: tuple[str, ...] = ("expressions", "expression", "prompt")  # GLUS_EXPRESSION_FIELDS
+    prelabel_on_import: bool = True  # GLUS_PRELABEL_ON_IMPORT: TASKS_CREATED webhooks enqueue predictions
+    max_frames: int = 3000  # GLUS_MAX_FRAMES: longer videos fail with a clear reason
+    max_media_bytes: int = 2 * 1024**3  # GLUS_MAX_MEDIA_BYTES
+    max_objects: int = 20  # GLUS_MAX_OBJECTS: expressions per task
+    predict_timeout: int = 3600  # GLUS_PREDICT_TIMEOUT: seconds a predict job may run
+    job_retries: int = 3  # GLUS_JOB_RETRIES: retries of transient failures (media fetch, Label Studio API)
+    retry_intervals: tuple[int, ...] = (5, 30, 120)  # GLUS_RETRY_INTERVALS (seconds, comma separated)
+    result_ttl: int = 7 * 24 * 3600  # GLUS_RESULT_TTL: seconds finished predictions stay in the result store
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        local_root = _env("LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+        intervals = _env("GLUS_RETRY_INTERVALS")
+        fields_env = _env("GLUS_EXPRESSION_FIELDS")
+        return cls(
+            label_studio_url=(_env("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST") or "").rstrip("/") or None,
+            label_studio_api_key=_env("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
+            basic_auth_user=_env("BASIC_AUTH_USER"),
+            basic_auth_pass=_env("BASIC_AUTH_PASS"),
+            model_dir=Path(_env("MODEL_DIR", default="model_dir")),
+            local_files_root=Path(local_root) if local_root else None,
+            redis_url=_env("REDIS_URL", default="redis://127.0.0.1:6379/0"),
+            queue_prefix=_env("GLUS_QUEUE_PREFIX", default="glus"),
+            checkpoint=_env("GLUS_CHECKPOINT"),
+            clip_dir=_env("GLUS_CLIP_DIR"),
+            sam2_checkpoint=_env("GLUS_SAM2_CHECKPOINT"),
+            device=_env("GLUS_DEVICE", default="auto"),
+            precision=_env("GLUS_PRECISION", default="auto"),
+            schedule=_env("GLUS_SCHEDULE", default="sliding"),
+            key_frames=_env("GLUS_KEY_FRAMES", default="first"),
+            expression_fields=tuple(f.strip() for f in fields_env.split(",") if f.strip())
+            if fields_env else cls.expression_fields,
+            prelabel_on_import=_bool(_env("GLUS_PRELABEL_ON_IMPORT"), True),
+            max_frames=int(_env("GLUS_MAX_FRAMES", default="3000")),
+            max_media_bytes=int(_env("GLUS_MAX_MEDIA_BYTES", default=str(2 * 1024**3))),
+            max_objects=int(_env("GLUS_MAX_OBJECTS", default="20")),
+            predict_timeout=int(_env("GLUS_PREDICT_TIMEOUT", default="3600")),
+            job_retries=int(_env("GLUS_JOB_RETRIES", default="3")),
+            retry_intervals=tuple(int(x) for x in intervals.split(",")) if intervals else cls.retry_intervals,
+            result_ttl=int(_env("GLUS_RESULT_TTL", default=str(7 * 24 * 3600))),
+        )
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user and self.basic_auth_pass:
+            return self.basic_auth_user, self.basic_auth_pass
+        return None
+
+    def describe(self) -> dict[str, object]:
+        """Settings with secrets masked (for logs and /health)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("label_studio_api_key", "basic_auth_pass") and value:
+                value = "***"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out

@@ -1,0 +1,176 @@
+"""RQ workers that hold one GLUS model each.
+
+A worker is an RQ ``SimpleWorker`` (jobs run in the worker process: no fork after CUDA initialisation) that
+loads the model once, at start, and again only when the registry's current version changes (checked
+between jobs). Job functions reach the worker's model through :func:`current_runtime`, a context variable
+set for the duration of each job - no module-level model.
+
+Failures are classified: transient ones (media fetch, Label Studio API, network) are retried with backoff by
+RQ; permanent ones (bad media, empty prompt, unsupported config, a video over the limits) fail at once,
+with the readable reason in the job's ``meta["error"]`` that ``GET /jobs/<id>`` shows.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+
+from .queues import QUEUE_KINDS, JobQueues
+from .registry import ModelRegistry, ModelVersion
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_RUNTIME: contextvars.ContextVar[WorkerRuntime] = contextvars.ContextVar("glus_worker_runtime")
+
+
+class PermanentJobError(RuntimeError):
+    """Retrying cannot help (bad input); the message is what the job status shows."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry may help: network trouble, Label Studio or media servers briefly failing."""
+    flag = getattr(exc, "transient", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(exc, (ConnectionError, TimeoutError, RedisError))
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    segmenter: Any  # model.inference.VideoSegmenter
+
+
+class WorkerRuntime:
+    """What one worker process owns: settings, queues, the loaded model, a Label Studio client."""
+
+    def __init__(self, settings: Settings, redis: Redis, device: str | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.queues = JobQueues(redis, settings)
+        self.registry = ModelRegistry(settings.model_dir, settings.checkpoint)
+        self.device = device or settings.device
+        self._loaded: LoadedModel | None = None
+        self._client = None
+
+    def model(self) -> LoadedModel:
+        """The model of the registry's current version, (re)loaded if the version changed."""
+        current = self.registry.current()
+        if self._loaded is None or self._loaded.version.version != current.version:
+            self._loaded = LoadedModel(current, self._load(current))
+        return self._loaded
+
+    def _load(self, version: ModelVersion) -> Any:
+        import torch
+
+        from model.cli import load_model
+        from model.inference import VideoSegmenter
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = self.settings.precision
+        if precision == "auto":
+            precision = "bf16" if device.startswith("cuda") else "fp32"
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        logger.info("loading model %s (%s) from %s on %s/%s", version.version, version.source, version.path, device,
+                    precision)
+        model, tokenizer = load_model(version.path, self.settings.clip_dir, self.settings.sam2_checkpoint, device, dtype)
+        return VideoSegmenter(model, tokenizer, device=device)
+
+    def label_studio(self):
+        """A Label Studio client from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, or None if not configured."""
+        if self._client is None and self.settings.label_studio_url and self.settings.label_studio_api_key:
+            from .ls_client import LabelStudioClient
+
+            self._client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        return self._client
+
+
+def current_runtime() -> WorkerRuntime:
+    try:
+        return _RUNTIME.get()
+    except LookupError:
+        raise RuntimeError("GLUS jobs run inside a GLUS worker (glus-backend worker)") from None
+
+
+class GlusWorker(SimpleWorker):
+    """SimpleWorker that exposes its :class:`WorkerRuntime` to jobs and classifies failures."""
+
+    runtime: WorkerRuntime
+
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        token = _RUNTIME.set(self.runtime)
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            _RUNTIME.reset(token)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> Any:
+        exc = exc_info[1] if len(exc_info) > 1 else None
+        if exc is not None:
+            transient = is_transient(exc)
+            job.meta["error"] = f"{type(exc).__name__}: {exc}"
+            job.meta["error_kind"] = "transient" if transient else "permanent"
+            if not transient:
+                job.retries_left = 0  # retrying bad input cannot help
+            try:
+                job.save_meta()
+            except RedisError:
+                logger.exception("cannot save the failure reason of job %s", job.id)
+            logger.warning("job %s failed (%s): %s", job.id, job.meta["error_kind"], job.meta["error"])
+        return super().handle_exception(job, *exc_info)
+
+
+def run_worker(settings: Settings, queues: tuple[str, ...] = QUEUE_KINDS, burst: bool = False,
+               device: str | None = None, name: str | None = None) -> bool:
+    """Run one worker in this process until stopped (or, with ``burst``, until the queues are empty)."""
+    redis = Redis.from_url(settings.redis_url)
+    runtime = WorkerRuntime(settings, redis, device)
+    loaded = runtime.model()  # load once, now: a broken checkpoint fails the worker start, not a job
+    logger.info("worker ready with model %s", loaded.version.version)
+    job_queues = JobQueues(redis, settings)
+    worker = GlusWorker([job_queues.queue(k) for k in queues], connection=redis,
+                        name=name or f"glus-{socket.gethostname()}-{os.getpid()}")
+    worker.runtime = runtime
+    return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+
+
+def run_worker_pool(argv_base: list[str], devices: list[str]) -> int:
+    """Start one worker process per device (e.g. one per GPU) and wait; SIGTERM/SIGINT stop them all.
+
+    The parent never imports torch, so nothing is forked after CUDA initialisation.
+    """
+    children = []
+    for device in devices:
+        env = dict(os.environ)
+        args = [*argv_base, "--device", device]
+        if device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+            args = [*argv_base, "--device", "cuda"]
+        children.append(subprocess.Popen([sys.executable, "-m", "glus_backend.cli", *args], env=env))
+        logger.info("started worker pid %d on %s", children[-1].pid, device)
+
+    def stop(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [child.wait() for child in children]
+    return max(codes) if codes else 0
