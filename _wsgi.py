@@ -1,7 +1,7 @@
 """Label Studio ML-backend entry point: exposes ``app`` (for gunicorn) and runs a server when executed.
 
-    gunicorn --workers 2 --threads 8 --bind 0.0.0.0:9090 _wsgi:app
-    python _wsgi.py --port 9090
+gunicorn --workers 2 --threads 8 --bind 0.0.0.0:9090 _wsgi:app
+python _wsgi.py --port 9090
 """
 
 from __future__ import annotations

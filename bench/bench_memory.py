@@ -49,13 +49,24 @@ def run_one(video: str, schedule: str) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     count = present = 0
-    for _, _, result in VideoSegmenter(model, tok).segment_stream(source, ["the blue square"], SegmentOptions(schedule=schedule)):
+    for _, _, result in VideoSegmenter(model, tok).segment_stream(
+        source, ["the blue square"], SegmentOptions(schedule=schedule)
+    ):
         count += 1
         present += int(result.present)
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"frames": count, "present": present, "seconds": elapsed, "peak_rss_mib": peak,
-                      "rss_after_model_mib": before}))
+    print(
+        json.dumps(
+            {
+                "frames": count,
+                "present": present,
+                "seconds": elapsed,
+                "peak_rss_mib": peak,
+                "rss_after_model_mib": before,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -74,8 +85,12 @@ def main() -> None:
         for n in args.lengths:
             path = Path(tmp) / f"synthetic_{n}.mp4"
             write_video(path, n, args.height, args.width)
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), "--schedule", args.schedule],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), "--schedule", args.schedule],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"glus-tiny, {args.schedule} schedule, {args.height}x{args.width} frames, CPU")
     print(f"{'frames':>7} {'seconds':>8} {'frames/s':>9} {'peak RSS MiB':>13}")
@@ -84,8 +99,10 @@ def main() -> None:
     short, long = rows[0], rows[-1]
     growth = long["peak_rss_mib"] - short["peak_rss_mib"]
     frames_mib = (long["frames"] - short["frames"]) * args.height * args.width * 3 / 2**20
-    print(f"peak RSS growth {short['frames']} -> {long['frames']} frames: {growth:.1f} MiB; "
-          f"the extra frames themselves: {frames_mib:.1f} MiB (uint8 RGB); ratio {growth / frames_mib:.3f}")
+    print(
+        f"peak RSS growth {short['frames']} -> {long['frames']} frames: {growth:.1f} MiB; "
+        f"the extra frames themselves: {frames_mib:.1f} MiB (uint8 RGB); ratio {growth / frames_mib:.3f}"
+    )
     print("streaming: OK" if growth < frames_mib else "streaming: FAILED (memory grows with the video)")
 
 

@@ -1,11 +1,11 @@
 """``glus-backend``: run and operate the Label Studio backend.
 
-    glus-backend serve [--port 9090]                 # the web process (gunicorn)
-    glus-backend worker [--queues predict,ingest]    # one GPU/CPU worker; --devices cuda:0,cuda:1 for one per GPU
-    glus-backend status                              # queue depths, workers, model version
-    glus-backend job JOB_ID                          # one job's status, progress and error
-    glus-backend retry JOB_ID                        # run a failed job again
-    glus-backend import-videos VIDEO... --project ID --expression "..."   # videos -> frame-sequence tasks
+glus-backend serve [--port 9090]                 # the web process (gunicorn)
+glus-backend worker [--queues predict,ingest]    # one GPU/CPU worker; --devices cuda:0,cuda:1 for one per GPU
+glus-backend status                              # queue depths, workers, model version
+glus-backend job JOB_ID                          # one job's status, progress and error
+glus-backend retry JOB_ID                        # run a failed job again
+glus-backend import-videos VIDEO... --project ID --expression "..."   # videos -> frame-sequence tasks
 """
 
 from __future__ import annotations
@@ -29,8 +29,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         create_app().run(host=args.host, port=args.port, threaded=True)
         return 0
-    cmd = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--threads", str(args.threads),
-           "--bind", f"{args.host}:{args.port}", "--timeout", "120", "--chdir", str(root), "_wsgi:app"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--timeout",
+        "120",
+        "--chdir",
+        str(root),
+        "_wsgi:app",
+    ]
     os.execv(sys.executable, cmd)
     return 0
 
@@ -144,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 

@@ -53,13 +53,19 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
     if config.value_key not in data:
         tag = "Video" if config.kind == "video" else "Image valueList"
         raise PermanentJobError(
-            f"task {task_id} has no '{config.value_key}' field (the labeling config's <{tag}> reads ${config.value_key})"
+            f"task {task_id} has no '{config.value_key}' field "
+            f"(the labeling config's <{tag}> reads ${config.value_key})"
         )
     value = data[config.value_key]
     cache = settings.model_dir / "cache" / "media"
     client = runtime.label_studio()
-    common = dict(client=client, dest_dir=cache, task_id=task_id, max_bytes=settings.max_media_bytes,
-                  local_files_root=settings.local_files_root)
+    common = dict(
+        client=client,
+        dest_dir=cache,
+        task_id=task_id,
+        max_bytes=settings.max_media_bytes,
+        local_files_root=settings.local_files_root,
+    )
     try:
         if config.kind == "video":
             if not isinstance(value, str) or not value.strip():
@@ -70,20 +76,24 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise PermanentJobError(f"task {task_id}: '{config.value_key}' must be a non-empty list of image URLs")
             if len(value) > settings.max_frames:
-                raise PermanentJobError(f"task {task_id} has {len(value)} frames, over the limit of "
-                                        f"{settings.max_frames} (GLUS_MAX_FRAMES)")
+                raise PermanentJobError(
+                    f"task {task_id} has {len(value)} frames, over the limit of {settings.max_frames} (GLUS_MAX_FRAMES)"
+                )
             source = FrameFiles([resolve_media(v, **common) for v in value])
             fps = config.framerate or 25.0
     except VideoReadError as exc:
         raise PermanentJobError(f"task {task_id}: {exc}") from exc
     if len(source) > settings.max_frames:
-        raise PermanentJobError(f"task {task_id}: the video has {len(source)} frames, over the limit of "
-                                f"{settings.max_frames} (GLUS_MAX_FRAMES)")
+        raise PermanentJobError(
+            f"task {task_id}: the video has {len(source)} frames, over the limit of "
+            f"{settings.max_frames} (GLUS_MAX_FRAMES)"
+        )
     return source, fps
 
 
-def _segment(runtime: WorkerRuntime, source: Any, prompts: list[ObjectPrompt], progress: _Progress,
-             keep_masks: bool) -> tuple[list[ObjectTrack], str]:
+def _segment(
+    runtime: WorkerRuntime, source: Any, prompts: list[ObjectPrompt], progress: _Progress, keep_masks: bool
+) -> tuple[list[ObjectTrack], str]:
     """Run GLUS for every prompt; per object and frame, the mask (frame sequences) or its box (videos)."""
     from model.inference import Expression, SegmentOptions
     from model.keyframes import ConfidenceKeyFrames, FirstFrame
@@ -103,8 +113,10 @@ def _segment(runtime: WorkerRuntime, source: Any, prompts: list[ObjectPrompt], p
             scores[obj][frame.frame_index] = frame.score
         done += 1
         progress.update("segmenting", done, n * len(prompts))
-    tracks = [ObjectTrack(label=p.label, expression=p.expression, masks=masks[i], scores=scores[i])
-              for i, p in enumerate(prompts)]
+    tracks = [
+        ObjectTrack(label=p.label, expression=p.expression, masks=masks[i], scores=scores[i])
+        for i, p in enumerate(prompts)
+    ]
     return tracks, loaded.version.version
 
 
@@ -118,8 +130,13 @@ def predict_task(payload: dict) -> dict:
     except UnsupportedLabelConfig as exc:
         raise PermanentJobError(f"unsupported labeling config: {exc}") from exc
     try:
-        prompts = extract_prompts(payload.get("data") or {}, config, runtime.settings.expression_fields,
-                                  payload.get("context"), max_objects=runtime.settings.max_objects)
+        prompts = extract_prompts(
+            payload.get("data") or {},
+            config,
+            runtime.settings.expression_fields,
+            payload.get("context"),
+            max_objects=runtime.settings.max_objects,
+        )
     except PromptError as exc:
         raise PermanentJobError(f"task {task_id}: {exc}") from exc
     progress.update("fetching media", force=True)
@@ -131,8 +148,11 @@ def predict_task(payload: dict) -> dict:
         results = frame_sequence_results(tracks, config, width, height)
     else:
         results = video_rectangle_results(tracks, config, len(source), fps)
-    object_scores = [float(np.mean([s for s, m in zip(t.scores, t.masks) if m is not None]))
-                     for t in tracks if any(m is not None for m in t.masks)]
+    object_scores = [
+        float(np.mean([s for s, m in zip(t.scores, t.masks) if m is not None]))
+        for t in tracks
+        if any(m is not None for m in t.masks)
+    ]
     pred = prediction(results, float(np.mean(object_scores)) if object_scores else 0.0, version)
     runtime.queues.put_prediction(payload["job_id"], pred)
     progress.update("posting", len(source) * len(prompts), len(source) * len(prompts), force=True)
@@ -140,8 +160,10 @@ def predict_task(payload: dict) -> dict:
     return {
         "task_id": task_id,
         "model_version": version,
-        "objects": [{"expression": t.expression, "label": t.label,
-                     "frames_present": sum(m is not None for m in t.masks)} for t in tracks],
+        "objects": [
+            {"expression": t.expression, "label": t.label, "frames_present": sum(m is not None for m in t.masks)}
+            for t in tracks
+        ],
         "frames": len(source),
         "results": len(results),
         "prediction_id": prediction_id,
@@ -152,14 +174,19 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int 
     """Post the prediction once (idempotent across retries) and remove this task's placeholders."""
     client = runtime.label_studio()
     if client is None:
-        logger.warning("LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY not set: task %d's prediction stays in the result "
-                       "store and is returned on the next /predict", task_id)
+        logger.warning(
+            "LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY not set: task %d's prediction stays in the result "
+            "store and is returned on the next /predict",
+            task_id,
+        )
         return None
     posted = runtime.queues.posted(job_id)
     existing = client.list_predictions(task_id)
     if posted is None:
         # A crash between posting and recording it must not post twice: look for our prediction first.
-        same = [p for p in existing if p.get("model_version") == pred["model_version"] and p.get("result") == pred["result"]]
+        same = [
+            p for p in existing if p.get("model_version") == pred["model_version"] and p.get("result") == pred["result"]
+        ]
         if same:
             posted = int(same[0]["id"])
         else:
@@ -174,7 +201,14 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int 
 
 # --- corrections ---
 def _annotation_path(model_dir: Path, project_id: Any, task_id: Any, annotation_id: Any) -> Path:
-    return model_dir / "data" / "annotations" / f"project_{project_id}" / f"task_{task_id}" / f"annotation_{annotation_id}.json"
+    return (
+        model_dir
+        / "data"
+        / "annotations"
+        / f"project_{project_id}"
+        / f"task_{task_id}"
+        / f"annotation_{annotation_id}.json"
+    )
 
 
 def ingest_annotation(payload: dict) -> dict:

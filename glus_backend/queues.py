@@ -77,8 +77,9 @@ class JobQueues:
             return None
         return Retry(max=self.settings.job_retries, interval=list(self.settings.retry_intervals))
 
-    def enqueue(self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None
-                ) -> Enqueued:
+    def enqueue(
+        self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None
+    ) -> Enqueued:
         """Enqueue ``func(payload)`` under ``job_id`` unless a job with that id exists (idempotent)."""
         existing = self.fetch(job_id)
         if existing is not None:

@@ -86,8 +86,14 @@ class BackendService:
             "model_version": version,
             "job_id": job_id,
         }
-        return self.queues.enqueue(PREDICT, PREDICT_FUNC, job_id, payload, self.settings.predict_timeout,
-                                   meta={"task_id": task_id, "project_id": project_id})
+        return self.queues.enqueue(
+            PREDICT,
+            PREDICT_FUNC,
+            job_id,
+            payload,
+            self.settings.predict_timeout,
+            meta={"task_id": task_id, "project_id": project_id},
+        )
 
 
 def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Flask:
@@ -122,8 +128,12 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             redis_state = "ok"
         except RedisError as exc:
             redis_state = f"unreachable: {exc}"
-        body = {"status": "UP" if redis_state == "ok" else "DOWN", "model_class": MODEL_CLASS,
-                "model_version": service.model_version(), "redis": redis_state}
+        body = {
+            "status": "UP" if redis_state == "ok" else "DOWN",
+            "model_class": MODEL_CLASS,
+            "model_version": service.model_version(),
+            "redis": redis_state,
+        }
         return jsonify(body), 200 if redis_state == "ok" else 503
 
     @app.post("/setup")
@@ -177,11 +187,13 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
         workers = Worker.all(connection=service.redis)
         names = {service.queues.name(k) for k in (PREDICT, INGEST, TRAIN)}
         ours = [w for w in workers if names & set(w.queue_names())]
-        return jsonify({
-            "model_version": service.model_version(),
-            "queues": service.queues.counts(),
-            "workers": len(ours),
-        })
+        return jsonify(
+            {
+                "model_version": service.model_version(),
+                "queues": service.queues.counts(),
+                "workers": len(ours),
+            }
+        )
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Any:
@@ -219,8 +231,9 @@ def _on_annotation(service: BackendService, payload: dict) -> dict:
     }
     stamp = annotation.get("updated_at") or annotation.get("created_at") or time.time()
     job_id = make_job_id(INGEST, task.get("id"), annotation.get("id"), stamp)
-    enqueued = service.queues.enqueue(INGEST, INGEST_FUNC, job_id, body, 600,
-                                      meta={"task_id": task.get("id"), "annotation_id": annotation.get("id")})
+    enqueued = service.queues.enqueue(
+        INGEST, INGEST_FUNC, job_id, body, 600, meta={"task_id": task.get("id"), "annotation_id": annotation.get("id")}
+    )
     return {"job": enqueued.job_id}
 
 
@@ -228,8 +241,14 @@ def _on_annotations_deleted(service: BackendService, payload: dict) -> dict:
     ids = [a.get("id") for a in payload.get("annotations", []) if isinstance(a, dict)]
     project = payload.get("project") or {}
     job_id = make_job_id("delete", ids, time.time())
-    enqueued = service.queues.enqueue(INGEST, DELETE_FUNC, job_id, {"annotation_ids": ids, "project_id": project.get("id")},
-                                      600, meta={"annotation_ids": ids})
+    enqueued = service.queues.enqueue(
+        INGEST,
+        DELETE_FUNC,
+        job_id,
+        {"annotation_ids": ids, "project_id": project.get("id")},
+        600,
+        meta={"annotation_ids": ids},
+    )
     return {"job": enqueued.job_id}
 
 

@@ -79,7 +79,8 @@ class Settings:
             schedule=_env("GLUS_SCHEDULE", default="sliding"),
             key_frames=_env("GLUS_KEY_FRAMES", default="first"),
             expression_fields=tuple(f.strip() for f in fields_env.split(",") if f.strip())
-            if fields_env else cls.expression_fields,
+            if fields_env
+            else cls.expression_fields,
             prelabel_on_import=_bool(_env("GLUS_PRELABEL_ON_IMPORT"), True),
             max_frames=int(_env("GLUS_MAX_FRAMES", default="3000")),
             max_media_bytes=int(_env("GLUS_MAX_MEDIA_BYTES", default=str(2 * 1024**3))),

@@ -35,18 +35,24 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files, or folders of video files")
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    parser.add_argument("--expression", "-e", action="append", default=[], help="expression for every video (repeatable)")
+    parser.add_argument(
+        "--expression", "-e", action="append", default=[], help="expression for every video (repeatable)"
+    )
     parser.add_argument("--expressions-file", help='JSON {"<video name>": ["expr", ...]} for per-video expressions')
     parser.add_argument("--frames-per-task", type=int, default=50)
     parser.add_argument("--frame-step", type=int, default=1, help="keep every k-th frame")
-    parser.add_argument("--max-side", type=int, default=0, help="downscale so the longer side is at most N px (0: keep)")
+    parser.add_argument(
+        "--max-side", type=int, default=0, help="downscale so the longer side is at most N px (0: keep)"
+    )
     parser.add_argument("--storage", choices=("local", "upload"), default="local")
     parser.add_argument("--frames-root", help="where frames are extracted (local storage: under the document root)")
     parser.add_argument("--frames-field", default="frames", help="task data key of the frame list ($frames)")
     parser.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"))
     parser.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"))
-    parser.add_argument("--document-root", default=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
-                        or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"))
+    parser.add_argument(
+        "--document-root",
+        default=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT") or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
+    )
     parser.add_argument("--dry-run", action="store_true", help="extract and print the tasks, import nothing")
 
 
@@ -68,8 +74,12 @@ def find_videos(inputs: list[str]) -> list[Path]:
 def extract_frames(video: Path, out_dir: Path, frame_step: int = 1, max_side: int = 0) -> tuple[list[Path], float]:
     """JPEG frames of ``video`` in ``out_dir`` (done once: a ``frames.json`` marker lists them)."""
     marker = out_dir / "frames.json"
-    settings = {"source": str(video.resolve()), "size": video.stat().st_size, "frame_step": frame_step,
-                "max_side": max_side}
+    settings = {
+        "source": str(video.resolve()),
+        "size": video.stat().st_size,
+        "frame_step": frame_step,
+        "max_side": max_side,
+    }
     if marker.is_file():
         saved = json.loads(marker.read_text())
         if saved.get("settings") == settings:
@@ -114,8 +124,11 @@ def _ensure_local_storage(client: LabelStudioClient, project: int, directory: Pa
     wanted = str(directory.resolve())
     if any(str(Path(s.get("path", "")).resolve()) == wanted for s in storages):
         return
-    client.request("POST", "/api/storages/localfiles",
-                   json={"project": project, "path": wanted, "use_blob_urls": False, "title": "GLUS frames"})
+    client.request(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": project, "path": wanted, "use_blob_urls": False, "title": "GLUS frames"},
+    )
 
 
 def _upload_frames(client: LabelStudioClient, project: int, paths: list[Path]) -> list[str]:
@@ -123,8 +136,12 @@ def _upload_frames(client: LabelStudioClient, project: int, paths: list[Path]) -
     urls = []
     for path in paths:
         with path.open("rb") as f:
-            resp = client.request("POST", f"/api/projects/{project}/import", params={"commit_to_project": "false"},
-                                  files={"file": (path.name, f, "image/jpeg")})
+            resp = client.request(
+                "POST",
+                f"/api/projects/{project}/import",
+                params={"commit_to_project": "false"},
+                files={"file": (path.name, f, "image/jpeg")},
+            )
         ids = resp.json().get("file_upload_ids") or []
         if len(ids) != 1:
             raise LabelStudioError(f"upload of {path} returned {resp.json()}")
@@ -138,8 +155,11 @@ def import_videos(args: argparse.Namespace) -> dict:
     per_video = json.loads(Path(args.expressions_file).read_text()) if args.expressions_file else {}
     if args.storage == "local" and not args.dry_run and not args.document_root:
         raise SystemExit("--storage local needs Label Studio's LOCAL_FILES_DOCUMENT_ROOT (--document-root)")
-    root = Path(args.frames_root) if args.frames_root else (
-        Path(args.document_root) / "glus-frames" if args.document_root else Path("model_dir") / "frames")
+    root = (
+        Path(args.frames_root)
+        if args.frames_root
+        else (Path(args.document_root) / "glus-frames" if args.document_root else Path("model_dir") / "frames")
+    )
     client = None
     if not args.dry_run:
         if not args.label_studio_url or not args.api_key:
@@ -161,15 +181,17 @@ def import_videos(args: argparse.Namespace) -> dict:
         else:
             urls = [str(p) for p in frames]
         for i, part in enumerate(chunk(list(range(len(frames))), args.frames_per_task)):
-            tasks.append({
-                args.frames_field: [urls[j] for j in part],
-                "expressions": list(expressions),
-                "video": video.stem,
-                "start_frame": part[0] * args.frame_step,
-                "frame_step": args.frame_step,
-                "fps": fps / args.frame_step,
-                "chunk": i,
-            })
+            tasks.append(
+                {
+                    args.frames_field: [urls[j] for j in part],
+                    "expressions": list(expressions),
+                    "video": video.stem,
+                    "start_frame": part[0] * args.frame_step,
+                    "frame_step": args.frame_step,
+                    "fps": fps / args.frame_step,
+                    "chunk": i,
+                }
+            )
     imported = 0
     if client is not None:
         for batch in chunk(tasks, 100):

@@ -87,9 +87,12 @@ class WorkerRuntime:
         if precision == "auto":
             precision = "bf16" if device.startswith("cuda") else "fp32"
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        logger.info("loading model %s (%s) from %s on %s/%s", version.version, version.source, version.path, device,
-                    precision)
-        model, tokenizer = load_model(version.path, self.settings.clip_dir, self.settings.sam2_checkpoint, device, dtype)
+        logger.info(
+            "loading model %s (%s) from %s on %s/%s", version.version, version.source, version.path, device, precision
+        )
+        model, tokenizer = load_model(
+            version.path, self.settings.clip_dir, self.settings.sam2_checkpoint, device, dtype
+        )
         return VideoSegmenter(model, tokenizer, device=device)
 
     def label_studio(self):
@@ -136,16 +139,24 @@ class GlusWorker(SimpleWorker):
         return super().handle_exception(job, *exc_info)
 
 
-def run_worker(settings: Settings, queues: tuple[str, ...] = QUEUE_KINDS, burst: bool = False,
-               device: str | None = None, name: str | None = None) -> bool:
+def run_worker(
+    settings: Settings,
+    queues: tuple[str, ...] = QUEUE_KINDS,
+    burst: bool = False,
+    device: str | None = None,
+    name: str | None = None,
+) -> bool:
     """Run one worker in this process until stopped (or, with ``burst``, until the queues are empty)."""
     redis = Redis.from_url(settings.redis_url)
     runtime = WorkerRuntime(settings, redis, device)
     loaded = runtime.model()  # load once, now: a broken checkpoint fails the worker start, not a job
     logger.info("worker ready with model %s", loaded.version.version)
     job_queues = JobQueues(redis, settings)
-    worker = GlusWorker([job_queues.queue(k) for k in queues], connection=redis,
-                        name=name or f"glus-{socket.gethostname()}-{os.getpid()}")
+    worker = GlusWorker(
+        [job_queues.queue(k) for k in queues],
+        connection=redis,
+        name=name or f"glus-{socket.gethostname()}-{os.getpid()}",
+    )
     worker.runtime = runtime
     return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 

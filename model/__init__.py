@@ -1,62 +1,51 @@
 """GLUS for referring video object segmentation: the network, its checkpoints and whole-video inference.
 
-This package knows nothing of Label Studio, Redis or HTTP.
+This package knows nothing of Label Studio, Redis or HTTP. Names are imported lazily, so that the torch-free
+parts (``model.evaluation``, ``model.datasets``) load without importing torch and transformers.
 """
 
-from .checkpoint import (
-    CheckpointError,
-    LoadReport,
-    from_pretrained,
-    load_released_glus,
-    load_released_state_dict,
-    load_sam2_checkpoint,
-    save_pretrained,
-)
-from .config import GlusConfig, get_config, glus_7b_config, glus_tiny_config
-from .inference import (
-    Expression,
-    ExpressionResult,
-    FrameResult,
-    Progress,
-    SegmentOptions,
-    VideoSegmenter,
-    context_frame_indices,
-)
-from .keyframes import ConfidenceKeyFrames, FirstFrame, JsonKeyFrames
-from .modeling import GlusModel
-from .prompting import EmptyExpressionError
-from .tokenizer import GlusTokenizer
-from .video_io import ArrayFrames, FrameFiles, FrameFolder, VideoFile, VideoReadError, open_frames
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ConfidenceKeyFrames",
-    "EmptyExpressionError",
-    "Expression",
-    "ExpressionResult",
-    "FirstFrame",
-    "ArrayFrames",
-    "FrameFiles",
-    "FrameFolder",
-    "FrameResult",
-    "GlusConfig",
-    "GlusModel",
-    "GlusTokenizer",
-    "JsonKeyFrames",
-    "LoadReport",
-    "Progress",
-    "SegmentOptions",
-    "VideoFile",
-    "VideoReadError",
-    "VideoSegmenter",
-    "context_frame_indices",
-    "from_pretrained",
-    "get_config",
-    "glus_7b_config",
-    "glus_tiny_config",
-    "load_released_glus",
-    "load_released_state_dict",
-    "load_sam2_checkpoint",
-    "open_frames",
-    "save_pretrained",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "LoadReport": "checkpoint",
+    "from_pretrained": "checkpoint",
+    "load_released_glus": "checkpoint",
+    "load_released_state_dict": "checkpoint",
+    "load_sam2_checkpoint": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "GlusConfig": "config",
+    "get_config": "config",
+    "glus_7b_config": "config",
+    "glus_tiny_config": "config",
+    "Expression": "inference",
+    "ExpressionResult": "inference",
+    "FrameResult": "inference",
+    "Progress": "inference",
+    "SegmentOptions": "inference",
+    "VideoSegmenter": "inference",
+    "context_frame_indices": "inference",
+    "ConfidenceKeyFrames": "keyframes",
+    "FirstFrame": "keyframes",
+    "JsonKeyFrames": "keyframes",
+    "GlusModel": "modeling",
+    "EmptyExpressionError": "prompting",
+    "GlusTokenizer": "tokenizer",
+    "ArrayFrames": "video_io",
+    "FrameFiles": "video_io",
+    "FrameFolder": "video_io",
+    "VideoFile": "video_io",
+    "VideoReadError": "video_io",
+    "open_frames": "video_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

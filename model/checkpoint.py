@@ -74,8 +74,10 @@ _RELEASED_KEY_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^model\.mm_projector\.(weight|bias)$"), r"multi_modal_projector.linear_1.\1"),
     (re.compile(r"^model\.text_hidden_fcs\.0\.(0|2)\.(weight|bias)$"), r"seg_projector.layers.\1.\2"),
     # transformers 4.31 renamed `gamma` to `weight` on load; a checkpoint may hold either spelling.
-    (re.compile(r"^model\.visual_model\.memory_encoder\.fuser\.layers\.(\d+)\.(?:gamma|weight)$"),
-     r"sam.memory_encoder.fuser.layers.\1.gamma"),
+    (
+        re.compile(r"^model\.visual_model\.memory_encoder\.fuser\.layers\.(\d+)\.(?:gamma|weight)$"),
+        r"sam.memory_encoder.fuser.layers.\1.gamma",
+    ),
     (re.compile(r"^model\.visual_model\.(.+)$"), r"sam.\1"),
     (re.compile(r"^model\.vision_tower\.vision_tower\.(.+)$"), r"vision_tower.\1"),
 ]
@@ -93,8 +95,8 @@ def map_released_key(key: str) -> str | None:
 def _adapt_clip_key(key: str, vision_keys: set[str]) -> str:
     """CLIPVisionModel keys are ``vision_model.*`` in some transformers versions and bare in others."""
     if key.startswith("vision_tower.") and key not in vision_keys:
-        rest = key[len("vision_tower."):]
-        alt = rest[len("vision_model."):] if rest.startswith("vision_model.") else "vision_model." + rest
+        rest = key[len("vision_tower.") :]
+        alt = rest[len("vision_model.") :] if rest.startswith("vision_model.") else "vision_model." + rest
         if "vision_tower." + alt in vision_keys:
             return "vision_tower." + alt
     return key
@@ -135,20 +137,30 @@ def _load_mapped(
         if key not in own:
             report.unexpected.append(key)
         elif own[key].shape != tensor.shape:
-            raise CheckpointError(f"{source}: shape mismatch for {key}: checkpoint {tuple(tensor.shape)}, model {tuple(own[key].shape)}")
+            raise CheckpointError(
+                f"{source}: shape mismatch for {key}: checkpoint {tuple(tensor.shape)}, model {tuple(own[key].shape)}"
+            )
         else:
             usable[key] = tensor
     module.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     report.missing = sorted(
-        k for k in own if k not in usable and (expected_prefixes is None or k.startswith(expected_prefixes))
+        k
+        for k in own
+        if k not in usable
+        and (expected_prefixes is None or k.startswith(expected_prefixes))
         and not _DROPPED_KEY.search(k)
     )
     return report
 
 
-def load_released_state_dict(model: GlusModel, state: dict[str, torch.Tensor], source: str = "GLUS checkpoint",
-                             strict: bool = True, expect_vision_tower: bool = False) -> LoadReport:
+def load_released_state_dict(
+    model: GlusModel,
+    state: dict[str, torch.Tensor],
+    source: str = "GLUS checkpoint",
+    strict: bool = True,
+    expect_vision_tower: bool = False,
+) -> LoadReport:
     """Load a state dict under the released GLUS key names into ``model``.
 
     The released checkpoints do not contain CLIP, so ``vision_tower.*`` keys count as missing only when
@@ -272,8 +284,9 @@ def is_released_checkpoint(directory: str | Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("model_type") == "llava"
 
 
-def from_pretrained(directory: str | Path, dtype: torch.dtype = torch.float32, strict: bool = True
-                    ) -> tuple[GlusModel, GlusTokenizer, LoadReport]:
+def from_pretrained(
+    directory: str | Path, dtype: torch.dtype = torch.float32, strict: bool = True
+) -> tuple[GlusModel, GlusTokenizer, LoadReport]:
     """Load a model saved by :func:`save_pretrained`."""
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():

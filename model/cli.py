@@ -1,8 +1,8 @@
 """``glus``: run GLUS on videos from the command line (no Label Studio involved).
 
-    glus segment VIDEO --expression "the red square" [--expression ...] [--checkpoint DIR] --out DIR
-    glus init --out DIR [--config glus-tiny] [--seed 0]        # a random-weight checkpoint (tests, demos)
-    glus info [--checkpoint DIR]                                  # what a checkpoint holds
+glus segment VIDEO --expression "the red square" [--expression ...] [--checkpoint DIR] --out DIR
+glus init --out DIR [--config glus-tiny] [--seed 0]        # a random-weight checkpoint (tests, demos)
+glus info [--checkpoint DIR]                                  # what a checkpoint holds
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def load_model(checkpoint: Path, clip_dir: str | None, sam2_checkpoint: str | No
 
     if is_released_checkpoint(checkpoint):
         if not clip_dir:
-            raise SystemExit(f"{checkpoint} is a released GLUS checkpoint: pass --clip-dir (local CLIP ViT-L/14 folder)")
+            raise SystemExit(
+                f"{checkpoint} is a released GLUS checkpoint: pass --clip-dir (local CLIP ViT-L/14 folder)"
+            )
         model, tokenizer, _ = load_released_glus(checkpoint, clip_dir, sam2_checkpoint, dtype=dtype)
     else:
         model, tokenizer, _ = from_pretrained(checkpoint, dtype=dtype)
@@ -72,14 +74,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from model.video_io import VideoFile, open_frames
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-    model, tokenizer = load_model(resolve_checkpoint(args.checkpoint), args.clip_dir, args.sam2_checkpoint,
-                                  args.device, dtype)
+    model, tokenizer = load_model(
+        resolve_checkpoint(args.checkpoint), args.clip_dir, args.sam2_checkpoint, args.device, dtype
+    )
     source = open_frames(args.video, max_frames=args.max_frames)
     video_id = args.video_id or Path(args.video).stem
     names = list(source.frame_names)
     expressions = [Expression(text, str(i)) for i, text in enumerate(args.expression)]
-    options = SegmentOptions(schedule=args.schedule, mem_stride=args.mem_stride, video_id=video_id,
-                             key_frames=_key_frame_selector(args.key_frames))
+    options = SegmentOptions(
+        schedule=args.schedule,
+        mem_stride=args.mem_stride,
+        video_id=video_id,
+        key_frames=_key_frame_selector(args.key_frames),
+    )
     out_dirs = [Path(args.out) / video_id / e.exp_id for e in expressions]
     segmenter = VideoSegmenter(model, tokenizer, device=args.device)
     summary = {e.exp_id: {"expression": e.text, "frames": 0, "present": 0, "key_frame": 0} for e in expressions}
@@ -99,7 +106,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         path = write_overlay_video(Path(args.out) / video_id / "overlay.mp4", source, out_dirs, names, fps)
         logger.info("overlay written to %s", path)
     for exp_id, entry in summary.items():
-        logger.info("expression %s (%r): object found in %d/%d frames", exp_id, entry["expression"], entry["present"], entry["frames"])
+        logger.info(
+            "expression %s (%r): object found in %d/%d frames",
+            exp_id,
+            entry["expression"],
+            entry["present"],
+            entry["frames"],
+        )
     logger.info("%d frames x %d expressions in %.1f s", len(source), len(expressions), elapsed)
     return 0
 
@@ -132,7 +145,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)")
+    parser.add_argument(
+        "--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)"
+    )
     parser.add_argument("--clip-dir", help="local CLIP ViT-L/14 folder (released GLUS checkpoints only)")
     parser.add_argument("--sam2-checkpoint", help="optional SAM-2 .pt (released GLUS checkpoints only)")
 
@@ -148,8 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output root: OUT/<video>/<exp_id>/<frame>.png + overlay.mp4")
     _add_model_arguments(seg)
     seg.add_argument("--schedule", choices=("sliding", "clip"), default="sliding")
-    seg.add_argument("--key-frames", default="first",
-                     help="'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file")
+    seg.add_argument(
+        "--key-frames",
+        default="first",
+        help="'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file",
+    )
     seg.add_argument("--mem-stride", type=int, default=None, help="memory stride (default: the model's, 3)")
     seg.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
     seg.add_argument("--video-id", default=None, help="name of the output folder (default: the file stem)")
@@ -163,9 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True)
     init.add_argument("--config", default="glus-tiny", choices=("glus-tiny", "glus-7b"))
     init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--seg-logit-bias", type=float, default=20.0,
-                      help="make the random LLM predict [SEG] so masks are produced (0 to disable)")
+    init.add_argument(
+        "--seg-logit-bias",
+        type=float,
+        default=20.0,
+        help="make the random LLM predict [SEG] so masks are produced (0 to disable)",
+    )
     init.set_defaults(func=cmd_init)
+
+    from model.evaluation.cli import add_eval_arguments, run_eval
+
+    evaluate = sub.add_parser("eval", help="J, F and J&F of predictions against a data set's ground truth")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+    from model.predict_dataset import add_predict_dataset_arguments, run_predict_dataset
+
+    pred = sub.add_parser("predict-dataset", help="run the model over a data set split (server layout, resumable)")
+    add_predict_dataset_arguments(pred)
+    _add_model_arguments(pred)
+    pred.set_defaults(func=run_predict_dataset)
 
     info = sub.add_parser("info", help="describe a checkpoint")
     _add_model_arguments(info)
@@ -175,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:

@@ -64,7 +64,9 @@ def random_model(
     if isinstance(config, str):
         config = get_config(config)
     tokenizer = tokenizer or tiny_tokenizer()
-    config.llm["vocab_size"] = max(int(config.llm["vocab_size"]), len(tokenizer)) if config.name != "glus-tiny" else len(tokenizer)
+    config.llm["vocab_size"] = (
+        max(int(config.llm["vocab_size"]), len(tokenizer)) if config.name != "glus-tiny" else len(tokenizer)
+    )
     torch.manual_seed(seed)
     model = GlusModel(config).eval()
     if seg_logit_bias is not None:

@@ -150,7 +150,9 @@ class VideoSegmenter:
         self.config = config
         self.seg_token_id = tokenizer.token_to_id(config.seg_token)
         if len(tokenizer) > config.llm["vocab_size"]:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM vocabulary is {config.llm['vocab_size']}")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but the LLM vocabulary is {config.llm['vocab_size']}"
+            )
 
     # --- public API ---
     def segment(
@@ -208,7 +210,9 @@ class VideoSegmenter:
             ((_, result),) = self._run_stream(source, [index], expr.text, context, options, None)
             return FrameProbe(result.seg_probability, result.score, int(result.mask.sum()))
 
-        request = KeyFrameRequest(expr.text, len(source), list(source.frame_names), probe, options.video_id, expr.exp_id)
+        request = KeyFrameRequest(
+            expr.text, len(source), list(source.frame_names), probe, options.video_id, expr.exp_id
+        )
         key = int(options.key_frames.select(request))
         if not 0 <= key < len(source):
             raise ValueError(f"key frame {key} out of range for a {len(source)}-frame video")
@@ -218,7 +222,10 @@ class VideoSegmenter:
         missing = [i for i in dict.fromkeys(indices) if i not in cache]
         if missing:
             pixels = clip_pixel_values(
-                [source.frame(i) for i in missing], self.config.clip_image_size, self.config.clip_mean, self.config.clip_std
+                [source.frame(i) for i in missing],
+                self.config.clip_image_size,
+                self.config.clip_mean,
+                self.config.clip_std,
             )
             tokens = self.model.encode_images(pixels.to(self.device, self.dtype))
             cache.update(zip(missing, tokens))
@@ -227,7 +234,9 @@ class VideoSegmenter:
     def _prompt_ids(self, expression: str, num_query: int, open_last: bool, cache: dict) -> torch.Tensor:
         key = (num_query, open_last)
         if key not in cache:
-            ids = self.tokenizer.encode_prompt(inference_prompt(expression, self.config.context_frames, num_query, open_last))
+            ids = self.tokenizer.encode_prompt(
+                inference_prompt(expression, self.config.context_frames, num_query, open_last)
+            )
             cache[key] = torch.tensor(ids, device=self.device)
         return cache[key]
 
@@ -274,10 +283,23 @@ class VideoSegmenter:
             for k, position in enumerate(positions):
                 step_trace = None
                 if trace is not None:
-                    step_trace = StepTrace(position, stream[position], ids, hidden, logits[k], embeddings[k],
-                                           bank.read_positions(position) if use_memory else [])
+                    step_trace = StepTrace(
+                        position,
+                        stream[position],
+                        ids,
+                        hidden,
+                        logits[k],
+                        embeddings[k],
+                        bank.read_positions(position) if use_memory else [],
+                    )
                 outcome = self._segment_frame(
-                    source, stream[position], position, embeddings[k] if produced[k] else None, bank, use_memory, step_trace
+                    source,
+                    stream[position],
+                    position,
+                    embeddings[k] if produced[k] else None,
+                    bank,
+                    use_memory,
+                    step_trace,
                 )
                 outcome.seg_probability = float(seg_probability[k])
                 if step_trace is not None:

@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .datasets.writers import write_mask_png
 from .video_io import FrameSource
+
+__all__ = ["PALETTE", "overlay", "read_mask_png", "write_mask_png", "write_overlay_video"]
 
 # Distinct colours (RGB) for up to 10 expressions in the overlay, then repeated.
 PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
-     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]],
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [255, 225, 25],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ],
     dtype=np.uint8,
 )
-
-
-def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
-    """8-bit grayscale PNG, 0 background / 255 object (what the reference and MeViS tools read).
-
-    Written to a temporary file and renamed, so a reader never sees half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    if not ok:
-        raise OSError(f"cannot encode PNG for {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.tobytes())
-    os.replace(tmp, path)
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:

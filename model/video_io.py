@@ -108,7 +108,8 @@ class FrameFolder(FrameFiles):
         if not self.directory.is_dir():
             raise VideoReadError(f"frame folder not found: {self.directory}")
         paths = sorted(
-            (p for p in self.directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
+            (p for p in self.directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: _natural_key(p.name),
         )
         if not paths:
             raise VideoReadError(f"no image files in {self.directory}")

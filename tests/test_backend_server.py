@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, test_redis_url
+
 from glus_backend.queues import JobQueues, predict_job_id
 from glus_backend.server import create_app
 from glus_backend.settings import Settings
@@ -28,15 +28,21 @@ def backend(redis_prefix, tmp_path, tiny):
 
     redis, prefix, created = redis_prefix
     save_pretrained(*tiny, tmp_path / "ckpt")
-    settings = Settings(redis_url=test_redis_url(), queue_prefix=prefix, model_dir=tmp_path / "model_dir",
-                        checkpoint=str(tmp_path / "ckpt"))
+    settings = Settings(
+        redis_url=test_redis_url(),
+        queue_prefix=prefix,
+        model_dir=tmp_path / "model_dir",
+        checkpoint=str(tmp_path / "ckpt"),
+    )
     app = create_app(settings, redis)
     return app.test_client(), JobQueues(redis, settings), settings, created
 
 
 def _predict(client, tasks, config=FRAMES_CONFIG, context=None):
-    return client.post("/predict", json={"tasks": tasks, "label_config": config, "project": "3.1700000000",
-                                         "params": {"context": context}})
+    return client.post(
+        "/predict",
+        json={"tasks": tasks, "label_config": config, "project": "3.1700000000", "params": {"context": context}},
+    )
 
 
 def test_health_and_setup(backend):
@@ -105,15 +111,30 @@ def test_bad_requests_are_clear(backend):
 
 def test_webhooks_enqueue_and_unknown_actions_are_ignored(backend):
     client, queues, _, created = backend
-    r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3, "label_config": VIDEO_CONFIG},
-                                      "tasks": [{"id": 11, "data": {"video": "/data/upload/3/v.mp4", "prompt": "a"}}]})
+    r = client.post(
+        "/webhook",
+        json={
+            "action": "TASKS_CREATED",
+            "project": {"id": 3, "label_config": VIDEO_CONFIG},
+            "tasks": [{"id": 11, "data": {"video": "/data/upload/3/v.mp4", "prompt": "a"}}],
+        },
+    )
     assert r.status_code == 201 and r.get_json()["enqueued"] == 1
     annotation = {"id": 5, "result": [], "created_at": "2026-11-23T10:00:00"}
-    r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": annotation,
-                                      "task": {"id": 11, "data": {}}, "project": {"id": 3}})
+    r = client.post(
+        "/webhook",
+        json={
+            "action": "ANNOTATION_CREATED",
+            "annotation": annotation,
+            "task": {"id": 11, "data": {}},
+            "project": {"id": 3},
+        },
+    )
     assert r.status_code == 201 and r.get_json()["job"].startswith("ingest-")
     assert queues.queue("ingest").count == 1
-    r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 5}], "project": {"id": 3}})
+    r = client.post(
+        "/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 5}], "project": {"id": 3}}
+    )
     assert r.status_code == 201 and queues.queue("ingest").count == 2
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).get_json()["status"] == "ignored"
     metrics = client.get("/metrics").get_json()
@@ -123,8 +144,9 @@ def test_webhooks_enqueue_and_unknown_actions_are_ignored(backend):
 
 def test_basic_auth(redis_prefix, tmp_path):
     redis, prefix, _ = redis_prefix
-    settings = Settings(redis_url=test_redis_url(), queue_prefix=prefix, basic_auth_user="u", basic_auth_pass="p",
-                        model_dir=tmp_path)
+    settings = Settings(
+        redis_url=test_redis_url(), queue_prefix=prefix, basic_auth_user="u", basic_auth_pass="p", model_dir=tmp_path
+    )
     client = create_app(settings, redis).test_client()
     assert client.get("/health").status_code == 401
     import base64
@@ -144,6 +166,12 @@ def test_redis_down_gives_a_clear_503(tmp_path):
 
 def test_web_process_never_imports_torch():
     code = "import sys, _wsgi; assert 'torch' not in sys.modules, 'torch imported'; print(_wsgi.app.name)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin", "REDIS_URL": test_redis_url(), "MODEL_DIR": "/tmp/glus-none"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": test_redis_url(), "MODEL_DIR": "/tmp/glus-none"},
+    )
     assert out.returncode == 0, out.stderr

@@ -27,15 +27,15 @@ def _to_released_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     out = {}
     for key, value in state.items():
         if key.startswith("language_model.model."):
-            out["model." + key[len("language_model.model."):]] = value
+            out["model." + key[len("language_model.model.") :]] = value
         elif key == "language_model.lm_head.weight":
             out["lm_head.weight"] = value
         elif key.startswith("multi_modal_projector.linear_1."):
             out["model.mm_projector." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("seg_projector.layers."):
-            out["model.text_hidden_fcs.0." + key[len("seg_projector.layers."):]] = value
+            out["model.text_hidden_fcs.0." + key[len("seg_projector.layers.") :]] = value
         elif key.startswith("sam."):
-            out["model.visual_model." + key[len("sam."):]] = value
+            out["model.visual_model." + key[len("sam.") :]] = value
     return out
 
 
@@ -44,17 +44,27 @@ def _write_released_folder(model, tok, path, gamma_spelling="gamma"):
     if gamma_spelling == "weight":
         for i in (0, 1):
             state[f"model.visual_model.memory_encoder.fuser.layers.{i}.weight"] = state.pop(
-                f"model.visual_model.memory_encoder.fuser.layers.{i}.gamma")
+                f"model.visual_model.memory_encoder.fuser.layers.{i}.gamma"
+            )
     keys = sorted(state)
     half = len(keys) // 2
     path.mkdir(parents=True)
     for n, part in enumerate((keys[:half], keys[half:]), start=1):
         torch.save({k: state[k].clone() for k in part}, path / f"pytorch_model-0000{n}-of-00002.bin")
     llm = model.config.llm
-    (path / "config.json").write_text(json.dumps({
-        "model_type": "llava", "architectures": ["GLUSForCausalLM"], **llm,
-        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_hidden_size": 128, "out_dim": 64,
-    }))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llava",
+                "architectures": ["GLUSForCausalLM"],
+                **llm,
+                "mm_vision_select_layer": -2,
+                "mm_vision_select_feature": "patch",
+                "mm_hidden_size": 128,
+                "out_dim": 64,
+            }
+        )
+    )
     tok.save_pretrained(path)
 
 
@@ -91,16 +101,27 @@ def test_released_folder_plus_clip_and_sam2_reproduces_the_model(tiny, moving_sq
     _write_released_folder(model, tok, tmp_path / "glus")
     clip_dir = tmp_path / "clip"
     clip_dir.mkdir()
-    vision = {("vision_model." + k[len("vision_tower."):]).replace("vision_model.vision_model.", "vision_model."): v
-              for k, v in model.state_dict().items() if k.startswith("vision_tower.")}
-    save_file({**vision, "text_model.embeddings.token_embedding.weight": torch.zeros(2, 2)},
-              str(clip_dir / "model.safetensors"))
+    vision = {
+        ("vision_model." + k[len("vision_tower.") :]).replace("vision_model.vision_model.", "vision_model."): v
+        for k, v in model.state_dict().items()
+        if k.startswith("vision_tower.")
+    }
+    save_file(
+        {**vision, "text_model.embeddings.token_embedding.weight": torch.zeros(2, 2)},
+        str(clip_dir / "model.safetensors"),
+    )
     (clip_dir / "config.json").write_text(json.dumps({"vision_config": model.config.vision}))
-    torch.save({"model": {k[len("sam."):]: v for k, v in model.state_dict().items() if k.startswith("sam.")}},
-               tmp_path / "sam2.pt")
+    torch.save(
+        {"model": {k[len("sam.") :]: v for k, v in model.state_dict().items() if k.startswith("sam.")}},
+        tmp_path / "sam2.pt",
+    )
     loaded, tok2, reports = load_released_glus(
-        tmp_path / "glus", clip_dir, tmp_path / "sam2.pt",
-        sam2_config=model.config.sam2_config, sam2_overrides=model.config.sam2_overrides)
+        tmp_path / "glus",
+        clip_dir,
+        tmp_path / "sam2.pt",
+        sam2_config=model.config.sam2_config,
+        sam2_overrides=model.config.sam2_overrides,
+    )
     assert all(r.ok for r in reports), [str(r) for r in reports]
     a, b = _masks(model, tok, moving_square_video[:4]), _masks(loaded, tok2, moving_square_video[:4])
     assert np.array_equal(a.masks, b.masks)
@@ -126,12 +147,20 @@ def test_load_errors_name_the_keys(tiny, tmp_path):
 
 
 def test_key_map_examples():
-    assert map_released_key("model.layers.3.self_attn.q_proj.weight") == "language_model.model.layers.3.self_attn.q_proj.weight"
+    assert (
+        map_released_key("model.layers.3.self_attn.q_proj.weight")
+        == "language_model.model.layers.3.self_attn.q_proj.weight"
+    )
     assert map_released_key("model.mm_projector.bias") == "multi_modal_projector.linear_1.bias"
     assert map_released_key("model.text_hidden_fcs.0.2.weight") == "seg_projector.layers.2.weight"
-    assert map_released_key("model.visual_model.memory_encoder.fuser.layers.1.weight") == \
-        "sam.memory_encoder.fuser.layers.1.gamma"
-    assert map_released_key("model.visual_model.sam_mask_decoder.iou_token.weight") == "sam.sam_mask_decoder.iou_token.weight"
+    assert (
+        map_released_key("model.visual_model.memory_encoder.fuser.layers.1.weight")
+        == "sam.memory_encoder.fuser.layers.1.gamma"
+    )
+    assert (
+        map_released_key("model.visual_model.sam_mask_decoder.iou_token.weight")
+        == "sam.sam_mask_decoder.iou_token.weight"
+    )
     assert map_released_key("model.downsample_layer.weight") is None
 
 

@@ -49,8 +49,12 @@ def test_key_frame_propagates_forward_then_backward(tiny, moving_square_video):
     options = SegmentOptions(key_frames=JsonKeyFrames({"vid_7": 5}), video_id="vid")
     model, tok = tiny
     steps = []
-    emitted = [r for _, _, r in VideoSegmenter(model, tok).segment_stream(
-        video, [__import__("model").Expression("the red square", "7")], options, trace=steps.append)]
+    emitted = [
+        r
+        for _, _, r in VideoSegmenter(model, tok).segment_stream(
+            video, [__import__("model").Expression("the red square", "7")], options, trace=steps.append
+        )
+    ]
     processed = [s.frame_index for s in steps]
     assert processed == [5, 6, 7, 8, 9, 10, 11, 5, 4, 3, 2, 1, 0]  # forward pass, then backward from the key
     assert [r.frame_index for r in emitted] == [5, 6, 7, 8, 9, 10, 11, 4, 3, 2, 1, 0]  # key frame once
@@ -96,8 +100,11 @@ def test_target_absent_when_the_mask_is_empty(tiny, moving_square_video):
 
 def test_memory_bank_switch_changes_masks(tiny, moving_square_video):
     on = VideoSegmenter(*tiny).segment(moving_square_video[:6], ["the red square"])[0].frames
-    off = VideoSegmenter(*tiny).segment(moving_square_video[:6], ["the red square"],
-                                        SegmentOptions(use_memory_bank=False))[0].frames
+    off = (
+        VideoSegmenter(*tiny)
+        .segment(moving_square_video[:6], ["the red square"], SegmentOptions(use_memory_bank=False))[0]
+        .frames
+    )
     assert np.array_equal(on[0].mask, off[0].mask)  # frame 0 reads no memory either way
     assert any(not np.array_equal(a.mask, b.mask) or a.score != b.score for a, b in zip(on[1:], off[1:]))
 
@@ -118,4 +125,5 @@ def test_deterministic(tiny, moving_square_video):
     a = VideoSegmenter(*tiny).segment(moving_square_video[:5], ["the red square"])[0]
     b = VideoSegmenter(*tiny).segment(moving_square_video[:5], ["the red square"])[0]
     assert np.array_equal(a.masks, b.masks) and torch.tensor([f.score for f in a.frames]).equal(
-        torch.tensor([f.score for f in b.frames]))
+        torch.tensor([f.score for f in b.frames])
+    )

@@ -15,10 +15,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import require_fixture
 from fixture_model import fixture_config
+from safetensors.torch import load_file
+
 from model.checkpoint import load_released_state_dict, read_state_dict
 from model.config import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.inference import SegmentOptions, VideoSegmenter, context_frame_indices
@@ -51,8 +51,9 @@ def traces(fixture):
     frames = [f.numpy() for f in ref["frames_rgb"]]
     segmenter = VideoSegmenter(fixture["model"], fixture["tokenizer"])
     steps = []
-    results = segmenter.segment(frames, [fixture["meta"]["expression"]], SegmentOptions(schedule="sliding"),
-                                trace=steps.append)
+    results = segmenter.segment(
+        frames, [fixture["meta"]["expression"]], SegmentOptions(schedule="sliding"), trace=steps.append
+    )
     return steps, results
 
 
@@ -89,7 +90,9 @@ def test_prompt_token_ids_match_exactly(fixture, traces):
         expected = fixture["ref"][f"step{i}.input_ids"].tolist()
         assert step.input_ids.tolist() == expected, f"step {i}"
         window = min(i + 1, 4)
-        assert fixture["tokenizer"].encode_prompt(inference_prompt(fixture["meta"]["expression"], 4, window)) == expected
+        assert (
+            fixture["tokenizer"].encode_prompt(inference_prompt(fixture["meta"]["expression"], 4, window)) == expected
+        )
 
 
 def test_llm_hidden_states_and_seg_embeddings(fixture, traces):

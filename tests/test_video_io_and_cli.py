@@ -5,8 +5,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from conftest import SHARED_VIDEOS
+
 from model.cli import main as glus_main
 from model.outputs import read_mask_png
 from model.video_io import FrameFolder, VideoFile, VideoReadError, open_frames
@@ -48,7 +48,7 @@ def test_bad_media_gives_clear_errors(tmp_path):
     with pytest.raises(VideoReadError, match="not found"):
         VideoFile(tmp_path / "missing.mp4")
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(_video("dog.mp4").read_bytes()[: 200_000])
+    truncated.write_bytes(_video("dog.mp4").read_bytes()[:200_000])
     try:
         video = VideoFile(truncated)
     except VideoReadError as exc:  # some builds refuse to open it at all: also a clear error
@@ -66,8 +66,25 @@ def test_cli_init_and_segment_a_real_video(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     assert glus_main(["init", "--out", str(ckpt), "--seed", "0"]) == 0
     out = tmp_path / "out"
-    code = glus_main(["segment", str(_video("cups.mp4")), "-e", "the red cup", "-e", "the table", "--checkpoint",
-                      str(ckpt), "--out", str(out), "--max-frames", "6", "--key-frames", "confidence", "--quiet"])
+    code = glus_main(
+        [
+            "segment",
+            str(_video("cups.mp4")),
+            "-e",
+            "the red cup",
+            "-e",
+            "the table",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--max-frames",
+            "6",
+            "--key-frames",
+            "confidence",
+            "--quiet",
+        ]
+    )
     assert code == 0
     for exp_id in ("0", "1"):
         pngs = sorted((out / "cups" / exp_id).glob("*.png"))
@@ -90,5 +107,20 @@ def test_cli_reports_bad_input(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"nope")
     assert glus_main(["segment", str(bad), "-e", "x", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]) == 2
-    assert glus_main(["segment", str(_video("dog.mp4")), "-e", " ", "--checkpoint", str(ckpt),
-                      "--out", str(tmp_path / "o"), "--max-frames", "2"]) == 2
+    assert (
+        glus_main(
+            [
+                "segment",
+                str(_video("dog.mp4")),
+                "-e",
+                " ",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "o"),
+                "--max-frames",
+                "2",
+            ]
+        )
+        == 2
+    )

@@ -123,7 +123,9 @@ def evaluate_task(task: EvalTask) -> TaskResult:
         if size is None:
             size = (int(gt.shape[1]), int(gt.shape[2]))
         elif gt.shape[1:] != size:
-            raise DatasetFormatError(task.pred_dir, entry_name(task.video_id, task.exp_id, frame=indices.start),
+            paths = getattr(task.gt, "paths", None)
+            file = paths[indices.start] if paths else getattr(task.gt, "file", task.pred_dir)
+            raise DatasetFormatError(file, entry_name(task.video_id, task.exp_id, frame=indices.start),
                                      f"ground truth changes size from {size[0]}x{size[1]} to "
                                      f"{gt.shape[1]}x{gt.shape[2]}")
         pred = _read_predictions(task, indices, size, missing)
@@ -229,7 +231,8 @@ def run_eval(args: argparse.Namespace) -> int:
         more = " ..." if len(report.missing_frames) > 5 else ""
         logger.warning("%d frame PNGs missing in %d expressions, scored as empty masks: %s%s",
                        report.n_missing_frames, len(report.missing_frames), shown, more)
-    csv_path = args.csv or pred_root.parent / f"{pred_root.name}_{args.dataset}_{split}_eval.csv"
+    absolute = pred_root.resolve()
+    csv_path = args.csv or absolute.parent / f"{absolute.name}_{args.dataset}_{split}_eval.csv"
     write_scores_csv(csv_path, report.scores)
     s = report.summary
     logger.info("%d expressions; J recall %.3f decay %.3f; F recall %.3f decay %.3f; per-expression CSV: %s",

@@ -108,9 +108,6 @@ def _binary_u8(masks: np.ndarray) -> np.ndarray:
     return np.not_equal(masks, 0).view(np.uint8)
 
 
-_BLOCK_2X2 = np.ones((2, 2), np.uint8)
-
-
 def _bmap_tall(tall: np.ndarray, height: int) -> np.ndarray:
     """Boundary maps (0/1 uint8) of frames stacked vertically into one ``(k*H, W)`` image.
 
@@ -118,8 +115,9 @@ def _bmap_tall(tall: np.ndarray, height: int) -> np.ndarray:
     max differs from its min; outside pixels replicate the edge, which yields the official last-column rule.
     Each frame's last row looked into the next frame, so it is recomputed with the official last-row rule.
     """
-    hi = cv2.dilate(tall, _BLOCK_2X2, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
-    lo = cv2.erode(tall, _BLOCK_2X2, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
+    block = np.ones((2, 2), np.uint8)
+    hi = cv2.dilate(tall, block, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
+    lo = cv2.erode(tall, block, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
     bmap = cv2.bitwise_xor(hi, lo)
     frames = bmap.reshape(-1, height, tall.shape[1])
     last = tall.reshape(-1, height, tall.shape[1])[:, -1, :]
@@ -424,6 +422,8 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int | Non
         return [fn(item) for item in items]
     if mp_context is None and sys.platform.startswith("linux"):
         mp_context = "fork"
-    context = multiprocessing.get_context(mp_context)
-    with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(mp_context))
+    try:
         return list(pool.map(fn, items, chunksize=1))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish the remaining items first

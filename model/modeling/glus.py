@@ -67,7 +67,9 @@ class GlusModel(nn.Module):
         out[image_pos] = image_features.reshape(-1, width).to(text.dtype)
         return out
 
-    def language_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def language_hidden_states(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Last-layer hidden states (after the final RMSNorm) of ``(B, E, C)`` embeddings."""
         out = self.language_model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state

@@ -17,7 +17,9 @@ class SegProjector(nn.Module):
     def __init__(self, llm_hidden: int, out_dim: int, hidden_norm: str | None = None) -> None:
         super().__init__()
         self.norm: nn.Module = nn.BatchNorm1d(llm_hidden) if hidden_norm == "batchnorm" else nn.Identity()
-        self.layers = nn.Sequential(nn.Linear(llm_hidden, llm_hidden), nn.ReLU(inplace=True), nn.Linear(llm_hidden, out_dim))
+        self.layers = nn.Sequential(
+            nn.Linear(llm_hidden, llm_hidden), nn.ReLU(inplace=True), nn.Linear(llm_hidden, out_dim)
+        )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(K, C_llm)`` hidden states -> ``(K, out_dim)`` prompt embeddings."""

@@ -1,0 +1,268 @@
+"""End to end against real components: Label Studio 1.23.2 (own virtualenv, started by the tests), Redis,
+the backend's web process and an RQ worker subprocess with the tiny model.
+
+For each supported labeling config (frame sequence with brush + polygon; video with VideoRectangle) a
+project is created, the backend connected through Label Studio's REST API, tasks imported (local-files frame
+sequences, an uploaded video), and valid predictions must land in Label Studio for every task: through the
+TASKS_CREATED webhook, and through a Data Manager "retrieve predictions" action (placeholders replaced by the
+worker). An annotation must reach the backend through the webhook and run an ingest job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import pytest
+import requests
+from conftest import ROOT, SHARED_VIDEOS, delete_test_keys
+from label_studio_sdk.label_interface import LabelInterface
+from redis import Redis
+
+FRAMES_CONFIG = """<View>
+  <Header value="$expressions"/>
+  <Image name="frames" valueList="$frames"/>
+  <BrushLabels name="mask" toName="frames"><Label value="Object" background="red"/></BrushLabels>
+  <PolygonLabels name="poly" toName="frames"><Label value="Object" background="blue"/></PolygonLabels>
+</View>"""
+VIDEO_CONFIG = """<View>
+  <Labels name="videoLabels" toName="video"><Label value="Object" hint="the bed" background="red"/></Labels>
+  <Video name="video" value="$video" framerate="30.0"/>
+  <VideoRectangle name="box" toName="video"/>
+</View>"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(label_studio, redis_url, tmp_path_factory):
+    from model.checkpoint import save_pretrained
+    from model.factory import random_model
+
+    tmp = tmp_path_factory.mktemp("glus-stack")
+    save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
+    prefix = f"glustest{uuid.uuid4().hex[:10]}"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.pat,
+        "REDIS_URL": redis_url,
+        "GLUS_QUEUE_PREFIX": prefix,
+        "MODEL_DIR": str(tmp / "model_dir"),
+        "GLUS_CHECKPOINT": str(tmp / "ckpt"),
+        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
+        "GLUS_JOB_RETRIES": "2",
+        "GLUS_RETRY_INTERVALS": "1",
+    }
+    logs = tmp / "logs"
+    logs.mkdir()
+    web = subprocess.Popen(
+        [sys.executable, str(ROOT / "_wsgi.py"), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=open(logs / "web.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "glus_backend.cli", "worker", "--device", "cpu"],
+        env=env,
+        stdout=open(logs / "worker.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    redis = Redis.from_url(redis_url)
+    try:
+        _wait(lambda: _ok(url + "/health"), 60, "the backend web process")
+        _wait(lambda: requests.get(url + "/metrics", timeout=2).json()["workers"] > 0, 120, "the worker")
+        yield {
+            "url": url,
+            "ls": label_studio,
+            "tmp": tmp,
+            "logs": logs,
+            "redis": redis,
+            "prefix": prefix,
+            "version": requests.get(url + "/health").json()["model_version"],
+        }
+    finally:
+        for proc in (web, worker):
+            proc.terminate()
+        for proc in (web, worker):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        job_ids = [
+            k.decode().split(":")[-1]
+            for k in redis.scan_iter(match="rq:job:*", count=1000)
+            if (redis.hget(k, "origin") or b"").decode().startswith(prefix)
+        ]
+        delete_test_keys(redis, prefix, job_ids)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _real_frames(ls, rel: str, n: int = 8) -> list[str]:
+    """The first n frames of a real video (sam2's bedroom.mp4), downscaled, under the local-files root."""
+    cap = cv2.VideoCapture(str(SHARED_VIDEOS / "bedroom.mp4"))
+    urls = []
+    folder = ls.files_root / rel
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ok, frame = cap.read()
+        assert ok
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.resize(frame, (320, 180)))
+        urls.append(f"/data/local-files/?d={rel}/{i:05d}.jpg")
+    cap.release()
+    return urls
+
+
+def _short_video(path: Path, n: int = 40) -> Path:
+    cap = cv2.VideoCapture(str(SHARED_VIDEOS / "bedroom.mp4"))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (320, 180))
+    for _ in range(n):
+        ok, frame = cap.read()
+        assert ok
+        writer.write(cv2.resize(frame, (320, 180)))
+    writer.release()
+    cap.release()
+    return path
+
+
+def _final_predictions(stack, task_id: int) -> list[dict]:
+    preds = stack["ls"].predictions(task_id)
+    return [p for p in preds if p.get("model_version") == stack["version"]]
+
+
+def _wait_for_predictions(stack, task_ids: list[int], timeout: float = 240) -> dict[int, dict]:
+    def done():
+        found = {t: _final_predictions(stack, t) for t in task_ids}
+        pending = [p for t in task_ids for p in stack["ls"].predictions(t) if p.get("model_version") == "pending"]
+        return found if all(found.values()) and not pending else None
+
+    try:
+        found = _wait(done, timeout, f"predictions for tasks {task_ids}", interval=1.0)
+    except AssertionError:
+        raise AssertionError((stack["logs"] / "worker.log").read_text()[-4000:]) from None
+    for task_id, preds in found.items():
+        assert len(preds) == 1, f"task {task_id} got {len(preds)} predictions of {stack['version']}"
+    return {t: p[0] for t, p in found.items()}
+
+
+def test_frame_sequence_project_prelabels_on_import(stack):
+    ls = stack["ls"]
+    project = ls.create_project("frames-brush-polygon", FRAMES_CONFIG)
+    urls = _real_frames(ls, "clips/bedroom-a")
+    ls.add_local_storage(project, ls.files_root / "clips")
+    ls.connect_ml_backend(project, stack["url"])
+    task_ids = ls.import_tasks(
+        project,
+        [
+            {"frames": urls, "expressions": ["the bed", "the window"]},
+            {"frames": urls[:5], "expression": "the lamp"},
+        ],
+    )
+    preds = _wait_for_predictions(stack, task_ids)
+    interface = LabelInterface(FRAMES_CONFIG)
+    for task_id, pred in preds.items():
+        assert not interface.validate_prediction({"result": pred["result"]}, return_errors=True)
+        n_frames = 8 if task_id == task_ids[0] else 5
+        assert pred["result"] and {r["item_index"] for r in pred["result"]} <= set(range(n_frames))
+        assert {r["type"] for r in pred["result"]} == {"brushlabels", "polygonlabels"}
+        assert all(r["original_width"] == 320 and r["original_height"] == 180 for r in pred["result"])
+
+
+def test_video_project_from_an_uploaded_file_and_label_hints(stack):
+    ls = stack["ls"]
+    project = ls.create_project("video-rectangles", VIDEO_CONFIG)
+    ls.connect_ml_backend(project, stack["url"])
+    uploaded = ls.upload_file(project, _short_video(stack["tmp"] / "bedroom40.mp4"))  # no prompt: the label hint
+    video_url = ls.api.get_task(uploaded)["data"]["video"]
+    (second,) = ls.import_tasks(project, [{"video": video_url, "prompt": "the lamp; the window"}])
+    preds = _wait_for_predictions(stack, [uploaded, second])
+    interface = LabelInterface(VIDEO_CONFIG)
+    for task_id, pred in preds.items():
+        assert not interface.validate_prediction({"result": pred["result"]}, return_errors=True)
+        tracks = pred["result"]
+        assert len(tracks) == (1 if task_id == uploaded else 2)
+        for track in tracks:
+            assert track["type"] == "videorectangle" and track["value"]["framesCount"] == 40
+            frames = [k["frame"] for k in track["value"]["sequence"]]
+            assert frames == sorted(frames) and 1 <= frames[0] and frames[-1] <= 40
+
+
+def test_retrieve_predictions_action_replaces_placeholders(stack):
+    ls = stack["ls"]
+    project = ls.create_project("frames-late-connect", FRAMES_CONFIG)
+    urls = _real_frames(ls, "clips/bedroom-b", 4)
+    ls.add_local_storage(project, ls.files_root / "clips")
+    task_ids = ls.import_tasks(
+        project, [{"frames": urls, "expression": "the bed"}, {"frames": urls[:2], "expression": "the wall"}]
+    )
+    ls.connect_ml_backend(project, stack["url"])  # connected after import: no TASKS_CREATED reached the backend
+    started = time.perf_counter()
+    ls.request_predictions(project)
+    assert time.perf_counter() - started < 20  # Label Studio's synchronous /predict call returned quickly
+    preds = _wait_for_predictions(stack, task_ids)  # placeholders gone, one real prediction each
+    assert all(p["result"] for p in preds.values())
+    ls.request_predictions(project)  # again: nothing new is posted (idempotent)
+    time.sleep(3)
+    assert all(len(_final_predictions(stack, t)) == 1 for t in task_ids)
+
+
+def test_annotation_reaches_the_backend_and_runs_an_ingest_job(stack):
+    ls = stack["ls"]
+    project = ls.create_project("frames-annotate", FRAMES_CONFIG)
+    urls = _real_frames(ls, "clips/bedroom-c", 3)
+    ls.add_local_storage(project, ls.files_root / "clips")
+    ls.connect_ml_backend(project, stack["url"])
+    (task_id,) = ls.import_tasks(project, [{"frames": urls, "expression": "the bed"}])
+    pred = _wait_for_predictions(stack, [task_id])[task_id]
+    annotation_id = ls.create_annotation(task_id, pred["result"][:2], parent_prediction=pred["id"])
+    stored = (
+        stack["tmp"]
+        / "model_dir"
+        / "data"
+        / "annotations"
+        / f"project_{project}"
+        / f"task_{task_id}"
+        / f"annotation_{annotation_id}.json"
+    )
+    _wait(stored.is_file, 60, "the ingest job to store the annotation")
+    metrics = requests.get(stack["url"] + "/metrics").json()
+    assert metrics["queues"]["ingest"]["finished"] >= 1
+
+
+def test_unsupported_config_is_refused_with_a_clear_message(stack):
+    ls = stack["ls"]
+    project = ls.create_project(
+        "text-only", '<View><Text name="t" value="$text"/><TextArea name="a" toName="t"/></View>'
+    )
+    with pytest.raises(Exception) as err:
+        ls.connect_ml_backend(project, stack["url"])
+    assert "cannot serve" in str(err.value)
