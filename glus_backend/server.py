@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             try:
                 _parse_config(schema)
             except UnsupportedLabelConfig as exc:
+                logger.warning("/setup for project %s refused: %s", payload.get("project"), exc)
                 return error(f"GLUS backend cannot serve this labeling config: {exc}")
         return jsonify({"model_version": service.model_version()})
 

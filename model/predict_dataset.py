@@ -80,7 +80,8 @@ def run_predict_dataset(args: argparse.Namespace) -> int:
                 sum(len(m) for _, m in todo), skipped)
     if not todo:
         return 0
-    model, tokenizer = load_model(resolve_checkpoint(args.checkpoint), args.clip_dir, args.sam2_checkpoint, device, dtype)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_model(checkpoint, args.clip_dir, args.sam2_checkpoint, device, dtype)
     segmenter = VideoSegmenter(model, tokenizer, device=device)
     started = time.perf_counter()
     frames_done = 0

@@ -2,8 +2,9 @@
 
 import os
 
-from model.cli import main as glus_main
 from test_datasets import make_mevis
+
+from model.cli import main as glus_main
 
 
 def _pngs(root):
