@@ -119,6 +119,42 @@ def cmd_import_videos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_mevis(args: argparse.Namespace) -> int:
+    import cv2
+
+    from model.video_io import VideoFile
+
+    from .corrections import export_mevis
+    from .ls_client import LabelStudioClient
+    from .media import resolve_media
+
+    settings = Settings.from_env()
+    url = args.label_studio_url or settings.label_studio_url
+    key = args.api_key or settings.label_studio_api_key
+    if not url or not key:
+        logger.error("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --label-studio-url / --api-key)")
+        return 2
+    client = LabelStudioClient(url, key)
+    project = client.get_project(args.project)
+    cache = settings.model_dir / "cache" / "media"
+
+    def frames_of(task: dict) -> list:
+        from .label_config import parse_label_config
+
+        config = parse_label_config(project["label_config"])
+        value = task["data"][config.value_key]
+        common = dict(client=client, dest_dir=cache, task_id=task["id"], local_files_root=settings.local_files_root)
+        if config.kind == "video":
+            video = VideoFile(resolve_media(value, **common))
+            return [video.frame(i) for i in range(len(video))]
+        return [cv2.cvtColor(cv2.imread(str(resolve_media(v, **common))), cv2.COLOR_BGR2RGB) for v in value]
+
+    tasks = client.export_tasks(args.project)
+    summary = export_mevis(tasks, project["label_config"], Path(args.out), frames_of, settings.expression_fields)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glus-backend", description="GLUS Label Studio ML backend")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -153,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_arguments(imp)
     imp.set_defaults(func=cmd_import_videos)
+
+    export = sub.add_parser("export-mevis", help="a project's annotations as a MeViS-layout data set")
+    export.add_argument("--project", type=int, required=True)
+    export.add_argument("--out", required=True, help="output split folder (JPEGImages/, meta_expressions.json, ...)")
+    export.add_argument("--label-studio-url", default=None)
+    export.add_argument("--api-key", default=None)
+    export.set_defaults(func=cmd_export_mevis)
     return parser
 
 

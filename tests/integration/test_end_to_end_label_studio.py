@@ -256,6 +256,35 @@ def test_annotation_reaches_the_backend_and_runs_an_ingest_job(stack):
     _wait(stored.is_file, 60, "the ingest job to store the annotation")
     metrics = requests.get(stack["url"] + "/metrics").json()
     assert metrics["queues"]["ingest"]["finished"] >= 1
+    # the project's annotations, exported through the API, read back as a MeViS split
+    from glus_backend.cli import main as backend_main
+    from model.datasets import open_dataset
+
+    out = stack["tmp"] / "export" / "train"
+    assert (
+        backend_main(
+            [
+                "export-mevis",
+                "--project",
+                str(project),
+                "--out",
+                str(out),
+                "--label-studio-url",
+                ls.url,
+                "--api-key",
+                ls.pat,
+            ]
+        )
+        == 0
+    )
+    dataset = open_dataset("mevis", out.parent, "train")
+    gt = dataset.gt_masks(f"task{task_id}", "0")
+    assert gt.shape == (3, 180, 320) and gt.any()
+    brush = [r for r in pred["result"][:2] if r["type"] == "brushlabels"]
+    for r in brush:
+        from glus_backend.rle import rle_to_mask
+
+        assert (gt[r["item_index"]] >= rle_to_mask(r["value"]["rle"], 180, 320)).all()
 
 
 def test_unsupported_config_is_refused_with_a_clear_message(stack):
@@ -263,8 +292,12 @@ def test_unsupported_config_is_refused_with_a_clear_message(stack):
     project = ls.create_project(
         "text-only", '<View><Text name="t" value="$text"/><TextArea name="a" toName="t"/></View>'
     )
-    response = requests.post(ls.url + "/api/ml", headers=ls.api.auth_headers(), timeout=30,
-                             json={"project": project, "url": stack["url"], "title": "glus"})
+    response = requests.post(
+        ls.url + "/api/ml",
+        headers=ls.api.auth_headers(),
+        timeout=30,
+        json={"project": project, "url": stack["url"], "title": "glus"},
+    )
     # Label Studio refuses the connection; it reports only "400 ... /setup" and drops the backend's reason, so
     # the reason is checked where users see it: the backend's /setup answer (and its log).
     assert response.status_code == 400 and "/setup" in response.text, response.text[:2000]
@@ -273,3 +306,54 @@ def test_unsupported_config_is_refused_with_a_clear_message(stack):
     assert setup.status_code == 400
     assert "cannot serve this labeling config" in setup.json()["error"]
     assert "<Image valueList" in setup.json()["error"] or "<Video" in setup.json()["error"]
+
+
+@pytest.mark.parametrize("storage", ["local", "upload"])
+def test_import_videos_makes_frame_sequence_tasks_that_get_prelabeled(stack, storage):
+    from glus_backend.cli import main as backend_main
+
+    ls = stack["ls"]
+    project = ls.create_project(f"imported-{storage}", FRAMES_CONFIG)
+    ls.connect_ml_backend(project, stack["url"])
+    frames_root = ls.files_root / f"imported-{storage}" if storage == "local" else stack["tmp"] / f"frames-{storage}"
+    args = [
+        "import-videos",
+        str(SHARED_VIDEOS / "bedroom.mp4"),
+        "--project",
+        str(project),
+        "-e",
+        "the bed",
+        "--frame-step",
+        "10",
+        "--max-side",
+        "160",
+        "--frames-per-task",
+        "8",
+        "--storage",
+        storage,
+        "--frames-root",
+        str(frames_root),
+        "--label-studio-url",
+        ls.url,
+        "--api-key",
+        ls.pat,
+        "--document-root",
+        str(ls.files_root),
+    ]
+    assert backend_main(args) == 0
+    tasks = ls.api.export_tasks(project, all_tasks=True)
+    assert len(tasks) == 3  # 200 frames, every 10th -> 20 frames -> tasks of 8, 8, 4
+    assert sorted(len(t["data"]["frames"]) for t in tasks) == [4, 8, 8]
+    assert sorted(t["data"]["start_frame"] for t in tasks) == [0, 80, 160]
+    prefix = "/data/local-files/?d=" if storage == "local" else f"/data/upload/{project}/"
+    assert all(url.startswith(prefix) for t in tasks for url in t["data"]["frames"])
+    preds = _wait_for_predictions(stack, [t["id"] for t in tasks])
+    for task in tasks:
+        result = preds[task["id"]]["result"]
+        assert result and {r["item_index"] for r in result} <= set(range(len(task["data"]["frames"])))
+        assert all(r["original_width"] == 160 and r["original_height"] == 90 for r in result)
+    # extracted once: a second import reuses the frames on disk
+    marker = frames_root / "bedroom" / "frames.json"
+    before = marker.stat().st_mtime_ns
+    assert backend_main([*args[:-6], "--dry-run", "--frames-root", str(frames_root)]) == 0
+    assert marker.stat().st_mtime_ns == before

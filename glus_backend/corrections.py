@@ -1,0 +1,195 @@
+"""Annotators' corrections -> per-object, per-frame masks -> the MeViS layout.
+
+Label Studio results are decoded into masks (numpy only):
+
+* ``brushlabels``: Label Studio's RLE, alpha channel thresholded (the editor anti-aliases strokes);
+* ``polygonlabels``: percent points filled at the image size;
+* ``videorectangle``: boxes filled, as weak labels, on the keyframes where the track is enabled.
+
+Regions are assigned to the task's objects (its expressions, in the order :func:`extract_prompts` gives them)
+by, in order: the id this backend gave the predicted region (``<object>_<frame>_<kind>``, which the editor keeps
+when an annotator edits it); the region's label if exactly one object carries it; the only object of a
+single-object task. Regions that fit no object are reported, not guessed. Several regions of one object on
+one frame are joined (logical OR).
+
+``export_mevis`` writes a project's annotated tasks as ``JPEGImages/<video>/<frame>.jpg``,
+``meta_expressions.json`` and ``mask_dict.json`` (COCO RLE per frame, ``null`` where the object is absent):
+the format the evaluation and training code reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .label_config import ServedConfig, parse_label_config
+from .prompts import ObjectPrompt, extract_prompts
+from .rle import rle_to_mask
+
+logger = logging.getLogger(__name__)
+
+_OUR_REGION_ID = re.compile(r"^(\d+)_(\d+_)?(brush|polygon|videorectangle)$")
+
+
+@dataclass
+class ObjectMasks:
+    """Masks of one object over a task's frames: ``frames[item_index] -> (H, W) bool``."""
+
+    prompt: ObjectPrompt
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, index: int, mask: np.ndarray) -> None:
+        self.frames[index] = self.frames[index] | mask if index in self.frames else mask
+
+
+@dataclass
+class DecodedAnnotation:
+    objects: list[ObjectMasks]
+    unassigned: list[str]  # ids of regions that fit no object
+
+
+def _region_mask(result: dict, height: int, width: int) -> np.ndarray | None:
+    value = result.get("value") or {}
+    kind = result.get("type")
+    if kind == "brushlabels" and value.get("format", "rle") == "rle" and value.get("rle"):
+        return rle_to_mask(value["rle"], height, width)
+    if kind == "polygonlabels" and len(value.get("points") or []) >= 3:
+        points = np.array([[x * width / 100.0, y * height / 100.0] for x, y in value["points"]], dtype=np.float64)
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(points - 0.5).astype(np.int32)], 1)
+        return mask.astype(bool)
+    return None
+
+
+def _labels_of(result: dict) -> list[str]:
+    value = result.get("value") or {}
+    for key in ("brushlabels", "polygonlabels", "labels", "rectanglelabels"):
+        if value.get(key):
+            return list(value[key])
+    return []
+
+
+def _assign(result: dict, prompts: list[ObjectPrompt]) -> int | None:
+    match = _OUR_REGION_ID.match(str(result.get("id", "")))
+    if match and int(match.group(1)) < len(prompts):
+        return int(match.group(1))
+    labels = _labels_of(result)
+    carriers = [i for i, p in enumerate(prompts) if p.label in labels]
+    if len(carriers) == 1:
+        return carriers[0]
+    if len(prompts) == 1:
+        return 0
+    return None
+
+
+def decode_annotation(
+    results: Iterable[dict],
+    config: ServedConfig,
+    prompts: list[ObjectPrompt],
+    frame_size: tuple[int, int] | None = None,
+    frames_count: int | None = None,
+) -> DecodedAnnotation:
+    """Masks per object and frame from one annotation's results.
+
+    ``frame_size`` ``(height, width)`` is needed for video rectangles (image results carry their own size).
+    """
+    objects = [ObjectMasks(p) for p in prompts]
+    unassigned: list[str] = []
+    for result in results:
+        obj = _assign(result, prompts)
+        if obj is None:
+            unassigned.append(str(result.get("id")))
+            continue
+        if result.get("type") == "videorectangle":
+            if frame_size is None:
+                raise ValueError("frame_size is needed to rasterise video rectangles")
+            for index, mask in _track_masks(result, *frame_size, frames_count):
+                objects[obj].add(index, mask)
+            continue
+        height, width = int(result.get("original_height") or 0), int(result.get("original_width") or 0)
+        if not height or not width:
+            unassigned.append(str(result.get("id")))
+            continue
+        mask = _region_mask(result, height, width)
+        if mask is not None:
+            objects[obj].add(int(result.get("item_index") or 0), mask)
+    return DecodedAnnotation(objects, unassigned)
+
+
+def _track_masks(result: dict, height: int, width: int, frames_count: int | None) -> Iterable[tuple[int, np.ndarray]]:
+    """Box masks for the frames a video-rectangle track covers (keyframes interpolated linearly, as the editor)."""
+    seq = sorted((result.get("value") or {}).get("sequence") or [], key=lambda k: k["frame"])
+    last = frames_count or (seq[-1]["frame"] if seq else 0)
+    for a, b in zip(seq, seq[1:] + [None]):
+        end = b["frame"] if (b is not None and a.get("enabled", True)) else a["frame"] + 1
+        for frame in range(a["frame"], min(end, last + 1)):
+            t = 0.0 if b is None or b["frame"] == a["frame"] else (frame - a["frame"]) / (b["frame"] - a["frame"])
+            box = [a[k] + t * ((b or a)[k] - a[k]) for k in ("x", "y", "width", "height")]
+            x0, y0 = round(box[0] * width / 100), round(box[1] * height / 100)
+            x1, y1 = round((box[0] + box[2]) * width / 100), round((box[1] + box[3]) * height / 100)
+            mask = np.zeros((height, width), bool)
+            mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+            yield frame - 1, mask
+
+
+def latest_annotation(task: dict) -> dict | None:
+    """The annotation a task's corrections come from: ground truth first, else the most recently updated."""
+    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not annotations:
+        return None
+    return max(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or "")))
+
+
+def export_mevis(tasks: list[dict], label_config: str, out_dir: Path, frame_loader, expression_fields=None) -> dict:
+    """Write annotated tasks in the MeViS layout under ``out_dir``.
+
+    ``frame_loader(task) -> list[np.ndarray RGB]`` gives a task's frames (fetched through Label Studio).
+    """
+    from model.datasets.masks import encode_rle
+
+    config = parse_label_config(label_config)
+    fields = tuple(expression_fields or ("expressions", "expression", "prompt"))
+    images = out_dir / "JPEGImages"
+    meta: dict = {"videos": {}}
+    mask_dict: dict[str, list] = {}
+    anno_id = 0
+    summary = {"tasks": 0, "expressions": 0, "skipped": [], "unassigned_regions": 0}
+    for task in tasks:
+        annotation = latest_annotation(task)
+        if annotation is None:
+            continue
+        prompts = extract_prompts(task.get("data") or {}, config, fields)
+        frames = frame_loader(task)
+        height, width = frames[0].shape[:2]
+        decoded = decode_annotation(annotation.get("result") or [], config, prompts, (height, width), len(frames))
+        summary["unassigned_regions"] += len(decoded.unassigned)
+        video_id = f"task{task['id']}"
+        names = [f"{i:05d}" for i in range(len(frames))]
+        (images / video_id).mkdir(parents=True, exist_ok=True)
+        for name, frame in zip(names, frames):
+            cv2.imwrite(str(images / video_id / f"{name}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        expressions = {}
+        for i, obj in enumerate(decoded.objects):
+            for t, mask in list(obj.frames.items()):
+                if mask.shape != (height, width):  # results drawn on differently sized copies of the frames
+                    obj.frames[t] = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST).astype(bool)
+            mask_dict[str(anno_id)] = [
+                encode_rle(obj.frames[t]) if t in obj.frames and obj.frames[t].any() else None
+                for t in range(len(frames))
+            ]
+            expressions[str(i)] = {"exp": obj.prompt.expression, "obj_id": [i], "anno_id": [anno_id]}
+            anno_id += 1
+        meta["videos"][video_id] = {"frames": names, "expressions": expressions}
+        summary["tasks"] += 1
+        summary["expressions"] += len(expressions)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta_expressions.json").write_text(json.dumps(meta))
+    (out_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
+    return summary
