@@ -111,12 +111,27 @@ class LabelStudioServer:
         exe = ensure_label_studio()
         for d in (self.files_root, self.data_dir, self.workdir / "home"):
             d.mkdir(parents=True, exist_ok=True)
-        cmd = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir)]
+        cmd = [
+            str(exe),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         t0 = time.monotonic()
         self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
-        self._proc = subprocess.Popen(cmd, cwd=self.workdir, env=self._env(), stdout=self._log_fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=self.workdir,
+            env=self._env(),
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self._wait_healthy(t0)
             self.pat = self._obtain_pat()
@@ -148,13 +163,20 @@ class LabelStudioServer:
         s = requests.Session()
         s.get(f"{self.url}/user/login/", timeout=30)
         csrf = s.cookies.get("csrftoken", "")
-        r = s.post(f"{self.url}/user/login/", timeout=30, allow_redirects=False,
-                   data={"csrfmiddlewaretoken": csrf, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
-                   headers={"Referer": f"{self.url}/user/login/"})
+        r = s.post(
+            f"{self.url}/user/login/",
+            timeout=30,
+            allow_redirects=False,
+            data={"csrfmiddlewaretoken": csrf, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+            headers={"Referer": f"{self.url}/user/login/"},
+        )
         if r.status_code != 302 or "sessionid" not in s.cookies:
             raise RuntimeError(f"login to Label Studio failed: HTTP {r.status_code}")
-        r = s.post(f"{self.url}/api/token/", timeout=30,
-                   headers={"X-CSRFToken": s.cookies.get("csrftoken", csrf), "Referer": self.url})
+        r = s.post(
+            f"{self.url}/api/token/",
+            timeout=30,
+            headers={"X-CSRFToken": s.cookies.get("csrftoken", csrf), "Referer": self.url},
+        )
         if r.status_code == 201:
             pat = r.json()["token"]
             pat_file.write_text(pat)
@@ -212,8 +234,12 @@ class LabelStudioServer:
     def upload_file(self, project_id: int, path: Path) -> int:
         path = Path(path)
         with open(path, "rb") as fh:
-            data = self._json("POST", f"/api/projects/{project_id}/import", params={"return_task_ids": "true"},
-                              files={"file": (path.name, fh)})
+            data = self._json(
+                "POST",
+                f"/api/projects/{project_id}/import",
+                params={"return_task_ids": "true"},
+                files={"file": (path.name, fh)},
+            )
         ids = data.get("task_ids") or []
         if len(ids) != 1:
             raise LabelStudioError(f"upload of {path.name} created {len(ids)} tasks: {data}")
@@ -253,8 +279,13 @@ class LabelStudioServer:
     def request_predictions(self, project_id: int, task_ids: list[int] | None = None) -> dict:
         """The Data Manager action "Retrieve predictions" (synchronous /predict call from Label Studio)."""
         selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
-        return self._json("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project_id},
-                          json={"selectedItems": selected}, timeout=200)
+        return self._json(
+            "POST",
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project_id},
+            json={"selectedItems": selected},
+            timeout=200,
+        )
 
     def predictions(self, task_id: int) -> list[dict]:
         return self.api.list_predictions(task_id)

@@ -357,3 +357,37 @@ def test_import_videos_makes_frame_sequence_tasks_that_get_prelabeled(stack, sto
     before = marker.stat().st_mtime_ns
     assert backend_main([*args[:-6], "--dry-run", "--frames-root", str(frames_root)]) == 0
     assert marker.stat().st_mtime_ns == before
+
+
+INTERACTIVE_CONFIG = """<View>
+  <Image name="frames" valueList="$frames"/>
+  <BrushLabels name="mask" toName="frames"><Label value="Object"/></BrushLabels>
+  <TextArea name="prompt" toName="frames" editable="true" placeholder="what to segment"/>
+</View>"""
+
+
+def test_interactive_textarea_context_prompts_new_objects(stack):
+    ls = stack["ls"]
+    project = ls.create_project("interactive", INTERACTIVE_CONFIG)
+    urls = _real_frames(ls, "clips/bedroom-d", 3)
+    ls.add_local_storage(project, ls.files_root / "clips")
+    ml_id = ls.connect_ml_backend(project, stack["url"], interactive=True)
+    (task_id,) = ls.import_tasks(project, [{"frames": urls}])  # no expression field: the label value is the prompt
+    first = _wait_for_predictions(stack, [task_id])[task_id]
+    assert {r["id"].split("_")[0] for r in first["result"]} == {"0"}  # one object
+    context = {
+        "result": [
+            {"type": "textarea", "from_name": "prompt", "to_name": "frames", "value": {"text": ["the bed; the window"]}}
+        ]
+    }
+    answer = ls.api.request(
+        "POST", f"/api/ml/{ml_id}/interactive-annotating", json={"task": task_id, "context": context}
+    ).json()
+    assert answer["data"]["model_version"] == "pending"  # queued: the worker posts the masks itself
+
+    def two_objects():
+        preds = _final_predictions(stack, task_id)
+        return [p for p in preds if {r["id"].split("_")[0] for r in p["result"]} == {"0", "1"}]
+
+    (pred,) = _wait(two_objects, 120, "the interactive prediction with two objects")
+    assert not LabelInterface(INTERACTIVE_CONFIG).validate_prediction({"result": pred["result"]}, return_errors=True)

@@ -76,9 +76,20 @@ def test_prediction_round_trip_and_export(label_studio: LabelStudioServer, proje
     client = label_studio.client()
     (task_id,) = label_studio.import_tasks(project, [{"data": {"video": "/data/upload/0/x.mp4", "prompt": "a cat"}}])
     (other_id,) = label_studio.import_tasks(project, [{"data": {"video": "/data/upload/0/y.mp4", "prompt": "a dog"}}])
-    result = [{"id": "obj1", "from_name": "box", "to_name": "video", "type": "videorectangle",
-               "value": {"framesCount": 10, "duration": 1.0, "labels": ["Object"],
-                         "sequence": [{"frame": 1, "enabled": True, "x": 1, "y": 2, "width": 3, "height": 4}]}}]
+    result = [
+        {
+            "id": "obj1",
+            "from_name": "box",
+            "to_name": "video",
+            "type": "videorectangle",
+            "value": {
+                "framesCount": 10,
+                "duration": 1.0,
+                "labels": ["Object"],
+                "sequence": [{"frame": 1, "enabled": True, "x": 1, "y": 2, "width": 3, "height": 4}],
+            },
+        }
+    ]
     pred = client.create_prediction(task_id, result, 0.75, "glus-test-1")
     assert pred["task"] == task_id and pred["model_version"] == "glus-test-1"
     listed = client.list_predictions(task_id)
@@ -130,8 +141,12 @@ def test_local_files_from_disk_and_over_http(label_studio: LabelStudioServer, pr
     assert fetched.parent == tmp_path and fetched.read_bytes() == on_disk.read_bytes()
 
     with pytest.raises(MediaError, match="outside the local files root"):
-        resolve_media("/data/local-files/?d=../data/label_studio.sqlite3", client, tmp_path,
-                      local_files_root=label_studio.files_root)
+        resolve_media(
+            "/data/local-files/?d=../data/label_studio.sqlite3",
+            client,
+            tmp_path,
+            local_files_root=label_studio.files_root,
+        )
     with pytest.raises(MediaError) as err:  # over HTTP a missing local file is a plain 404
         resolve_media("/data/local-files/?d=videos/missing.mp4", client, tmp_path)
     assert err.value.status == 404 and not err.value.transient

@@ -60,15 +60,28 @@ def env(redis_prefix, tmp_path, tiny):
     save_pretrained(*tiny, tmp_path / "ckpt")
     files = tmp_path / "files"
     values = {
-        "REDIS_URL": test_redis_url(), "GLUS_QUEUE_PREFIX": prefix, "MODEL_DIR": str(tmp_path / "model_dir"),
-        "GLUS_CHECKPOINT": str(tmp_path / "ckpt"), "LOCAL_FILES_DOCUMENT_ROOT": str(files),
-        "GLUS_JOB_RETRIES": "1", "GLUS_RETRY_INTERVALS": "0", "GLUS_MAX_FRAMES": "10",
+        "REDIS_URL": test_redis_url(),
+        "GLUS_QUEUE_PREFIX": prefix,
+        "MODEL_DIR": str(tmp_path / "model_dir"),
+        "GLUS_CHECKPOINT": str(tmp_path / "ckpt"),
+        "LOCAL_FILES_DOCUMENT_ROOT": str(files),
+        "GLUS_JOB_RETRIES": "1",
+        "GLUS_RETRY_INTERVALS": "0",
+        "GLUS_MAX_FRAMES": "10",
     }
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     settings = Settings.from_env()
-    yield {"redis": redis, "prefix": prefix, "created": created, "files": files, "settings": settings,
-           "client": create_app(settings, redis).test_client(), "queues": JobQueues(redis, settings), "env": values}
+    yield {
+        "redis": redis,
+        "prefix": prefix,
+        "created": created,
+        "files": files,
+        "settings": settings,
+        "client": create_app(settings, redis).test_client(),
+        "queues": JobQueues(redis, settings),
+        "env": values,
+    }
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -78,8 +91,14 @@ def env(redis_prefix, tmp_path, tiny):
 
 def _run_worker_burst(values: dict, extra: dict | None = None, timeout: int = 240) -> str:
     env = {**os.environ, **values, **(extra or {}), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "glus_backend.cli", "worker", "--burst", "--device", "cpu"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "glus_backend.cli", "worker", "--burst", "--device", "cpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stderr
 
@@ -160,11 +179,16 @@ def test_label_studio_down_while_posting(env):
 
 def test_ingest_job_stores_and_replaces_corrections(env):
     client, queues = env["client"], env["queues"]
-    payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 9, "result": [{"x": 1}], "created_at": "t1"},
-               "task": {"id": 3, "data": {}}, "project": {"id": 1}}
+    payload = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": 9, "result": [{"x": 1}], "created_at": "t1"},
+        "task": {"id": 3, "data": {}},
+        "project": {"id": 1},
+    }
     client.post("/webhook", json=payload)
-    payload2 = dict(payload, action="ANNOTATION_UPDATED", annotation={"id": 9, "result": [{"x": 1}, {"x": 2}],
-                                                                       "updated_at": "t2"})
+    payload2 = dict(
+        payload, action="ANNOTATION_UPDATED", annotation={"id": 9, "result": [{"x": 1}, {"x": 2}], "updated_at": "t2"}
+    )
     client.post("/webhook", json=payload2)
     env["created"].extend(queues.queue("ingest").job_ids)
     _run_worker_burst(env["env"])
@@ -175,3 +199,29 @@ def test_ingest_job_stores_and_replaces_corrections(env):
     _run_worker_burst(env["env"])
     assert not stored.exists()
     time.sleep(0)
+
+
+def test_worker_pool_runs_one_process_per_device(env):
+    client, queues, files = env["client"], env["queues"], env["files"]
+    urls = _frames(files, 3)
+    tasks = [{"id": 30 + i, "data": {"frames": urls, "expression": f"object {i}"}} for i in range(4)]
+    for task in tasks:
+        _predict(client, task, FRAMES_CONFIG)
+    env["created"].extend(queues.queue("predict").job_ids)
+    run_env = {**os.environ, **env["env"], "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "glus_backend.cli", "worker", "--burst", "--devices", "cpu,cpu"],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("started worker pid") == 2
+    workers = set()
+    for task in tasks:
+        job = queues.fetch(_job_id(env, task, FRAMES_CONFIG))
+        assert job.get_status().value == "finished"
+        workers.add(job.worker_name)
+    assert len(workers) >= 1 and all(w and w.startswith("glus-") for w in workers)
