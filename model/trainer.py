@@ -1,0 +1,261 @@
+"""Training GLUS with the memory bank in the loop (glus-reference.md sections 2.4, 3, 6).
+
+One training sample is a clip of a video: 4 context frames (one random frame in each quarter), 4 consecutive
+query frames, and up to 3 of the video's expressions. Each expression is a teacher-forced conversation with
+one ``[SEG]`` per query frame; the states that predict ``[SEG]`` are projected and prompt SAM-2 frame by
+frame, query frame ``j`` reading the memories of the *predicted* masks of frames ``0..j-1`` (stride 1,
+memories detached). Loss: CE on ``[SEG]`` + BCE + Dice on the masks at full resolution + object contrastive.
+
+Which parameters train is :attr:`TrainConfig.train_parts`:
+
+* ``"all"`` - everything (a model trained from scratch: its SAM-2 image encoder must learn too);
+* ``"glus"`` - what GLUS trains: the LLM (LoRA elsewhere; here fully), the projectors, the seg projector and
+  SAM-2's mask decoder; the image encoder and memory modules stay frozen and run without gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import ObjectContrastiveLoss, SegTokenKey, mask_bce, mask_dice, seg_token_ce
+from .modeling.glus import GlusModel, seg_state_positions
+from .modeling.memory_bank import MemoryBank
+from .preprocessing import clip_pixel_values, sam_pixel_values
+from .prompting import training_prompt
+from .tokenizer import GlusTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingExpression:
+    text: str
+    exp_id: str
+    objects: tuple[int, ...]
+    masks: np.ndarray  # (T, H, W) bool: the union of the referred objects' masks (logical OR)
+
+
+@dataclass
+class TrainingVideo:
+    video_id: str
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    expressions: list[TrainingExpression]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine (to 10 %) | linear (to 0, as the reference)
+    grad_clip: float = 1.0
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    contrastive_weight: float = 0.1
+    contrastive_tau: float = 0.07
+    bank_size: int = 512
+    num_negatives: int = 128
+    query_frames: int = 4
+    expressions_per_video: int = 3
+    mem_stride: int = 1
+    use_memory_bank: bool = True
+    train_parts: str = "all"  # all | glus
+    seed: int = 0
+    log_every: int = 25
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainStepStats:
+    step: int
+    loss: float
+    ce: float
+    bce: float
+    dice: float
+    contrastive: float
+    contrastive_anchors: int
+    lr: float
+    seconds: float
+
+
+def sample_clip(
+    video: TrainingVideo, rng: random.Random, num_query: int, num_context: int, max_expr: int
+) -> tuple[list[int], list[int], list[TrainingExpression]]:
+    """Context frames (one random frame per equal segment), consecutive query frames, expressions."""
+    n = video.frames.shape[0]
+    if n < num_query:
+        raise ValueError(f"video {video.video_id} has {n} frames, fewer than the {num_query} query frames")
+    bounds = np.linspace(0, n, num_context + 1)
+    context = [rng.randrange(int(bounds[j]), max(int(bounds[j + 1]), int(bounds[j]) + 1)) for j in range(num_context)]
+    start = rng.randrange(0, n - num_query + 1)
+    exprs = rng.sample(video.expressions, min(max_expr, len(video.expressions)))
+    return context, list(range(start, start + num_query)), exprs
+
+
+def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Parameter]:
+    if parts == "all":
+        return [p for p in model.parameters()]
+    if parts != "glus":
+        raise ValueError(f"unknown train_parts {parts!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = [model.language_model, model.multi_modal_projector, model.seg_projector, model.sam.sam_mask_decoder]
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+class Trainer:
+    """Optimises one model on batches of :class:`TrainingVideo` clips."""
+
+    def __init__(self, model: GlusModel, tokenizer: GlusTokenizer, config: TrainConfig, device: str = "cpu") -> None:
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = torch.device(device)
+        self.seg_id = tokenizer.token_to_id(model.config.seg_token)
+        self.rng = random.Random(config.seed)
+        torch.manual_seed(config.seed)
+        self.params = trainable_parameters(model, config.train_parts)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.contrastive = ObjectContrastiveLoss(
+            config.bank_size, config.num_negatives, config.contrastive_tau, seed=config.seed
+        )
+        self.step_index = 0
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if cfg.schedule == "linear":
+            return cfg.lr * max(0.0, 1 - progress)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def train_step(self, videos: list[TrainingVideo]) -> TrainStepStats:
+        started = time.perf_counter()
+        cfg, model, mcfg = self.config, self.model, self.model.config
+        model.train()
+        if cfg.train_parts == "glus":  # frozen SAM-2 parts keep eval behaviour (no dropout in memory attention)
+            model.sam.image_encoder.eval()
+            model.sam.memory_attention.eval()
+            model.sam.memory_encoder.eval()
+        rows: list[tuple[int, TrainingExpression]] = []
+        clips = []
+        for v_index, video in enumerate(videos):
+            context, query, exprs = sample_clip(
+                video, self.rng, cfg.query_frames, mcfg.context_frames, cfg.expressions_per_video
+            )
+            clips.append((context, query))
+            rows.extend((v_index, e) for e in exprs)
+        # --- multimodal LLM: one teacher-forced conversation per (video, expression) ---
+        all_frames = [videos[v].frames[i] for v, (c, q) in enumerate(clips) for i in c + q]
+        pixels = clip_pixel_values(all_frames, mcfg.clip_image_size, mcfg.clip_mean, mcfg.clip_std).to(self.device)
+        tokens = model.encode_images(pixels).view(
+            len(videos), mcfg.context_frames + cfg.query_frames, model.visual_tokens_per_image, -1
+        )
+        sequences, positions = [], []
+        for v, expr in rows:
+            ids = torch.tensor(
+                self.tokenizer.encode_prompt(
+                    training_prompt(expr.text, mcfg.context_frames, cfg.query_frames, self.rng)
+                ),
+                device=self.device,
+            )
+            sequences.append(model.embed_prompt(ids, tokens[v]))
+            positions.append(seg_state_positions(ids, self.seg_id, model.visual_tokens_per_image))
+        length = max(s.shape[0] for s in sequences)
+        batch = torch.zeros(len(sequences), length, sequences[0].shape[1], device=self.device, dtype=sequences[0].dtype)
+        attention = torch.zeros(len(sequences), length, dtype=torch.long, device=self.device)
+        for i, s in enumerate(sequences):
+            batch[i, : s.shape[0]] = s
+            attention[i, : s.shape[0]] = 1
+        hidden = model.language_hidden_states(batch, attention)
+        seg_states = torch.stack([hidden[i, p] for i, p in enumerate(positions)])  # (R, Q, C)
+        ce = seg_token_ce(model.token_logits(seg_states.flatten(0, 1)), self.seg_id)
+        embeddings = model.project_seg(seg_states.flatten(0, 1)).view(len(rows), cfg.query_frames, -1)
+        # --- SAM-2 frame by frame with the memory bank in the loop ---
+        row_video = [v for v, _ in rows]
+        bank = MemoryBank(mcfg.num_maskmem, cfg.mem_stride)
+        bce = dice = torch.zeros((), device=self.device)
+        frozen = cfg.train_parts == "glus"
+        for j in range(cfg.query_frames):
+            frames = [videos[v].frames[clips[v][1][j]] for v in range(len(videos))]
+            sam_in = sam_pixel_values(frames, model.sam_image_size, mcfg.sam_mean, mcfg.sam_std).to(self.device)
+            with torch.set_grad_enabled(not frozen):
+                feats = model.encode_frame(sam_in).select(row_video)
+                memories = bank.read(j) if cfg.use_memory_bank else []
+                conditioned = model.condition_on_memory(feats, memories)
+            decoded = model.decode_masks(conditioned, feats, embeddings[:, j])
+            targets = torch.stack([torch.from_numpy(e.masks[clips[v][1][j]]) for v, e in rows]).to(self.device)
+            logits = F.interpolate(
+                decoded.lowres_logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
+            bce = bce + mask_bce(logits, targets) / cfg.query_frames
+            dice = dice + mask_dice(logits, targets) / cfg.query_frames
+            if cfg.use_memory_bank and j + 1 < cfg.query_frames:
+                with torch.no_grad():
+                    bank.write(j, model.encode_memory(conditioned.detach(), feats, decoded.lowres_logits.detach()))
+        keys = [
+            SegTokenKey(videos[v].video_id, e.exp_id, tuple(sorted(e.objects)), clips[v][1][j])
+            for v, e in rows
+            for j in range(cfg.query_frames)
+        ]
+        contrastive, anchors = (
+            self.contrastive(embeddings.flatten(0, 1), keys)
+            if cfg.contrastive_weight > 0
+            else (torch.zeros((), device=self.device), 0)
+        )
+        loss = cfg.ce_weight * ce + cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.contrastive_weight * contrastive
+        lr = self.lr_at(self.step_index)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.step_index += 1
+        loss, ce, bce, dice, contrastive = (t.detach() for t in (loss, ce, bce, dice, contrastive))
+        return TrainStepStats(
+            self.step_index,
+            loss.item(),
+            ce.item(),
+            bce.item(),
+            dice.item(),
+            contrastive.item(),
+            anchors,
+            lr,
+            time.perf_counter() - started,
+        )
+
+    def fit(
+        self, batches: Iterator[list[TrainingVideo]], on_step: Callable[[TrainStepStats], None] | None = None
+    ) -> list[TrainStepStats]:
+        history = []
+        while self.step_index < self.config.steps:
+            stats = self.train_step(next(batches))
+            history.append(stats)
+            if on_step is not None:
+                on_step(stats)
+            if stats.step % self.config.log_every == 0 or stats.step == self.config.steps:
+                logger.info(
+                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs", *asdict(stats).values()
+                )
+        self.model.eval()
+        return history
