@@ -155,6 +155,12 @@ def cmd_export_mevis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glus-backend", description="GLUS Label Studio ML backend")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -189,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_arguments(imp)
     imp.set_defaults(func=cmd_import_videos)
+
+    from .demo import add_demo_arguments
+
+    demo = sub.add_parser(
+        "demo", help="Redis + Label Studio + backend + worker with the bundled model, pre-labeling a demo project"
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
 
     export = sub.add_parser("export-mevis", help="a project's annotations as a MeViS-layout data set")
     export.add_argument("--project", type=int, required=True)

@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
 
+    from model.train_cli import add_train_arguments, run_train
+
+    train = sub.add_parser("train", help="train or fine-tune on a MeViS-layout split")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+
     from model.predict_dataset import add_predict_dataset_arguments, run_predict_dataset
 
     pred = sub.add_parser("predict-dataset", help="run the model over a data set split (server layout, resumable)")

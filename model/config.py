@@ -214,6 +214,31 @@ def glus_tiny_config(vocab_size: int = 320) -> GlusConfig:
     )
 
 
+def with_sam_image_size(config: GlusConfig, size: int) -> GlusConfig:
+    """The same config with SAM-2's input resized to ``size`` px (a multiple of 16), feature sizes to match."""
+    if size % 16:
+        raise ValueError("the SAM-2 image size must be a multiple of 16")
+    side = size // 16
+    kept = [
+        o
+        for o in config.sam2_overrides
+        if not o.startswith(
+            (
+                "model.image_size=",
+                "model.memory_attention.layer.self_attention.feat_sizes=",
+                "model.memory_attention.layer.cross_attention.feat_sizes=",
+            )
+        )
+    ]
+    config.sam2_overrides = [
+        f"model.image_size={size}",
+        *kept,
+        f"model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]",
+        f"model.memory_attention.layer.cross_attention.feat_sizes=[{side},{side}]",
+    ]
+    return config
+
+
 NAMED_CONFIGS = {"glus-7b": glus_7b_config, "glus-tiny": glus_tiny_config}
 
 

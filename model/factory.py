@@ -32,15 +32,20 @@ _TINY_WORDS = (
 def tiny_tokenizer_corpus() -> list[str]:
     from .prompting import ANSWER_TEMPLATES, CONTEXT_INSTRUCTION, QUESTION_TEMPLATES, SYSTEM_PROMPT
 
-    lines = [SYSTEM_PROMPT, CONTEXT_INSTRUCTION, "USER: ASSISTANT:"]
+    # the fixed prompt text is repeated so that BPE merges its words (short prompts train faster and dilute less)
+    lines = [SYSTEM_PROMPT, CONTEXT_INSTRUCTION, "USER: ASSISTANT:"] * 100
     lines += [q.format(expression="the red square moving left") for q in QUESTION_TEMPLATES]
     lines += [a.replace("[SEG]", "") for a in ANSWER_TEMPLATES]
     words = _TINY_WORDS.split()
     lines += [" ".join(words[i : i + 8]) for i in range(0, len(words), 8)]
+    from .synthetic.world import VOCABULARY, generate_video
+
+    lines += [" ".join(VOCABULARY)]
+    lines += [e.text for seed in range(300) for e in generate_video(900_000 + seed).expressions]
     return lines * 4
 
 
-def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 400) -> GlusTokenizer:
+def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 640) -> GlusTokenizer:
     """(Re)train the small SentencePiece tokenizer shipped in ``model/assets/glus-tiny-tokenizer``."""
     return train_tokenizer(tiny_tokenizer_corpus(), directory, vocab_size=vocab_size)
 

@@ -125,3 +125,19 @@ def test_trainer_reduces_the_loss_and_trains_the_right_parts(parts):
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
     changed_encoder = any(not torch.equal(before[k], after[k]) for k in encoder)
     assert changed_encoder == (parts == "all")
+
+
+def test_glus_train_command_on_a_mevis_split(tmp_path):
+    from model.checkpoint import from_pretrained
+    from model.cli import main as glus_main
+    from test_datasets import make_mevis
+
+    make_mevis(tmp_path / "data", "train", frames=5)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "data"), "--split", "train", "--out", str(out), "--steps", "3",
+            "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64"]
+    assert glus_main(args) == 0
+    model, _, report = from_pretrained(out)
+    assert report.ok and model.config.seg_hidden_norm == "batchnorm" and model.sam_image_size == 64
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    assert len(lines) == 3

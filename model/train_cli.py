@@ -1,0 +1,202 @@
+"""``glus train``: train or fine-tune on a MeViS-layout split (the synthetic benchmark, corrections, MeViS).
+
+    glus train --data ROOT --split train --out runs/tiny --steps 3000 [--init CKPT | --config glus-tiny]
+
+Writes ``OUT/`` as a checkpoint (``config.json``, ``model.safetensors``, tokenizer), plus ``train_config.json``
+and ``train_log.jsonl`` (one line per step). Seeded: the same command gives the same weights on the same
+machine and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class MevisTrainingSource:
+    """Random training videos from a MeViS-layout split, decoded on demand with a small cache."""
+
+    def __init__(
+        self, root: str | Path, split: str, dataset: str = "mevis", cache_size: int = 512, min_frames: int = 4
+    ) -> None:
+        from .datasets import open_dataset
+
+        self.dataset = open_dataset(dataset, root, split)
+        self.video_ids = [
+            v.video_id for v in self.dataset.videos.values() if len(v.frame_names) >= min_frames and v.expressions
+        ]
+        if not self.video_ids:
+            raise ValueError(f"no video with >= {min_frames} frames and an expression in {root}/{split}")
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = cache_size
+
+    def video(self, video_id: str):
+        import cv2
+        import numpy as np
+
+        from .trainer import TrainingExpression, TrainingVideo
+
+        if video_id in self._cache:
+            self._cache.move_to_end(video_id)
+            return self._cache[video_id]
+        entry = self.dataset.video(video_id)
+        frames = np.stack(
+            [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in self.dataset.frame_paths(video_id)]
+        )
+        expressions = [
+            TrainingExpression(e.text, e.exp_id, tuple(e.obj_ids), self.dataset.gt_masks(video_id, e.exp_id))
+            for e in entry.expressions
+        ]
+        video = TrainingVideo(video_id, frames, expressions)
+        self._cache[video_id] = video
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return video
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[list]:
+        rng = random.Random(seed)
+        while True:
+            yield [self.video(rng.choice(self.video_ids)) for _ in range(batch_size)]
+
+
+class SyntheticTrainingSource:
+    """Fresh synthetic videos generated in memory (never the fixed validation/test seeds)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        from .synthetic.world import WorldConfig
+
+        self.config = WorldConfig()
+        self.seed = seed
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[list]:
+        from .synthetic.world import generate_video
+        from .trainer import TrainingExpression, TrainingVideo
+
+        index = 0
+        while True:
+            batch = []
+            for _ in range(batch_size):
+                video_seed = 1_000_000_000 + self.seed * 10_000_000 + index
+                index += 1
+                video = generate_video(video_seed, self.config)
+                expressions = [
+                    TrainingExpression(e.text, str(i), tuple(e.object_ids), video.masks[list(e.object_ids)].any(0))
+                    for i, e in enumerate(video.expressions)
+                ]
+                batch.append(TrainingVideo(f"synthetic{video_seed}", video.frames, expressions))
+            yield batch
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None, help="data set root (holding the split folders)")
+    parser.add_argument("--synthetic", action="store_true", help="train on fresh synthetic videos made in memory")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--dataset", default="mevis", choices=("mevis", "refytvos", "davis17"))
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
+    parser.add_argument("--config", default="glus-tiny", help="named size for training from scratch")
+    parser.add_argument(
+        "--from-scratch-aids",
+        action="store_true",
+        help="tiny-model switches for training from scratch: BatchNorm on the [SEG] state, MLP projector",
+    )
+    parser.add_argument("--sam-image-size", type=int, default=None, help="SAM-2 input size (from scratch only)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--contrastive-weight", type=float, default=0.1)
+    parser.add_argument("--no-memory", action="store_true", help="train without the memory bank (ablation)")
+    parser.add_argument("--train-parts", choices=("all", "glus"), default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--save-every", type=int, default=0, help="also save OUT/step_<n> every n steps")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import from_pretrained, save_pretrained
+    from .config import get_config, with_sam_image_size
+    from .factory import random_model
+    from .trainer import TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.init:
+        model, tokenizer, _ = from_pretrained(args.init)
+    else:
+        config = get_config(args.config)
+        if args.sam_image_size:
+            config = with_sam_image_size(config, args.sam_image_size)
+        if args.from_scratch_aids:
+            config.seg_hidden_norm = "batchnorm"
+            config.projector_type = "mlp2x_gelu"
+        model, tokenizer = random_model(config, seed=args.seed)
+    if args.synthetic:
+        source = SyntheticTrainingSource(args.seed)
+    elif args.data is not None:
+        source = MevisTrainingSource(args.data, args.split, args.dataset)
+    else:
+        raise SystemExit("give --data ROOT (a MeViS-layout data set) or --synthetic")
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup,
+        contrastive_weight=args.contrastive_weight,
+        use_memory_bank=not args.no_memory,
+        train_parts=args.train_parts,
+        seed=args.seed,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_config.json").write_text(
+        json.dumps(
+            {
+                "train": asdict(train_config),
+                "data": str(args.data),
+                "split": args.split,
+                "init": args.init,
+                "config": model.config.to_dict(),
+                "device": device,
+                "threads": torch.get_num_threads(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    trainer = Trainer(model, tokenizer, train_config, device=device)
+    log = (args.out / "train_log.jsonl").open("w")
+    started = time.perf_counter()
+    with tqdm(total=args.steps, unit="step", desc="train") as bar:
+
+        def on_step(stats) -> None:
+            log.write(json.dumps(asdict(stats)) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", bce=f"{stats.bce:.3f}", dice=f"{stats.dice:.3f}")
+            if args.save_every and stats.step % args.save_every == 0:
+                save_pretrained(trainer.model.eval(), tokenizer, args.out / f"step_{stats.step}")
+                trainer.model.train()
+
+        trainer.fit(source.batches(args.batch_size, args.seed), on_step)
+    log.close()
+    save_pretrained(trainer.model.eval(), tokenizer, args.out)
+    logger.info(
+        "trained %d steps in %.1f min; checkpoint in %s", args.steps, (time.perf_counter() - started) / 60, args.out
+    )
+    return 0
