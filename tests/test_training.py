@@ -128,9 +128,10 @@ def test_trainer_reduces_the_loss_and_trains_the_right_parts(parts):
 
 
 def test_glus_train_command_on_a_mevis_split(tmp_path):
+    from test_datasets import make_mevis
+
     from model.checkpoint import from_pretrained
     from model.cli import main as glus_main
-    from test_datasets import make_mevis
 
     make_mevis(tmp_path / "data", "train", frames=5)
     out = tmp_path / "run"

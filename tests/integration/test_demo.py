@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import requests
-
 from conftest import ROOT, test_redis_url
+
 from glus_backend.local_label_studio import free_port
 
 
