@@ -268,12 +268,19 @@ def load_released_glus(
 
 
 # --- this project's format ---
-def save_pretrained(model: GlusModel, tokenizer: GlusTokenizer, directory: str | Path) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and the tokenizer files into ``directory``."""
+def save_pretrained(model: GlusModel, tokenizer: GlusTokenizer, directory: str | Path,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer files into ``directory``.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors smaller; loading casts them back to the
+    model's dtype.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "glus-backend", "config": model.config.name})
     tokenizer.save_pretrained(directory)
     return directory

@@ -195,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
 
+    from model.benchmark import add_benchmark_arguments, run_benchmark
+
+    bench = sub.add_parser("benchmark", help="J&F per category on a synthetic-benchmark split, with baselines")
+    add_benchmark_arguments(bench)
+    _add_model_arguments(bench)
+    bench.set_defaults(func=run_benchmark)
+
+    synthetic = sub.add_parser("synthetic", help="generate the synthetic benchmark / score its baselines",
+                               add_help=False)
+    synthetic.add_argument("args", nargs=argparse.REMAINDER)
+    synthetic.set_defaults(func=lambda a: __import__("model.synthetic.cli", fromlist=["main"]).main(a.args))
+
     from model.train_cli import add_train_arguments, run_train
 
     train = sub.add_parser("train", help="train or fine-tune on a MeViS-layout split")

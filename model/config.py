@@ -50,6 +50,10 @@ class GlusConfig:
     sam_mean: tuple[float, float, float] = IMAGENET_MEAN
     sam_std: tuple[float, float, float] = IMAGENET_STD
     mask_threshold: float = 0.0
+    # In eval mode SAM-2 replaces an unstable single-mask output by the best of its 3 multimask outputs. GLUS
+    # never trains those 3 tokens (released checkpoints keep the original SAM-2 ones), so a model trained from
+    # scratch must turn this off: its multimask tokens are random.
+    sam_multimask_fallback: bool = True
     # --- special tokens (ids in the tokenizer's vocabulary) ---
     seg_token: str = "[SEG]"
     im_start_token: str = "<im_start>"

@@ -146,6 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.from_scratch_aids:
             config.seg_hidden_norm = "batchnorm"
             config.projector_type = "mlp2x_gelu"
+            config.sam_multimask_fallback = False
         model, tokenizer = random_model(config, seed=args.seed)
     if args.synthetic:
         source = SyntheticTrainingSource(args.seed)

@@ -10,6 +10,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixture_model import FIXTURE_DIR  # noqa: E402
 
 SHARED_VIDEOS = ROOT.parent / "shared" / "data" / "videos"
+VIDEO_CONFIG = """<View>
+  <Labels name="videoLabels" toName="video"><Label value="Object"/></Labels>
+  <Video name="video" value="$video"/>
+  <VideoRectangle name="box" toName="video"/>
+</View>"""
 
 
 @pytest.fixture(autouse=True)

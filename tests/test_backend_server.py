@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, test_redis_url
+from conftest import ROOT, VIDEO_CONFIG, test_redis_url
 
 from glus_backend.queues import JobQueues, predict_job_id
 from glus_backend.server import create_app
@@ -15,12 +15,6 @@ FRAMES_CONFIG = """<View>
   <Image name="frames" valueList="$frames"/>
   <BrushLabels name="mask" toName="frames"><Label value="Object"/></BrushLabels>
 </View>"""
-VIDEO_CONFIG = """<View>
-  <Labels name="videoLabels" toName="video"><Label value="Object"/></Labels>
-  <Video name="video" value="$video"/>
-  <VideoRectangle name="box" toName="video"/>
-</View>"""
-
 
 @pytest.fixture
 def backend(redis_prefix, tmp_path, tiny):

@@ -106,3 +106,27 @@ def test_bank_keeps_only_what_can_still_be_read():
             bank.write(f, entry)
             everything[f] = bank.entries[f]
             assert len(bank) <= 7
+
+
+def test_multimask_fallback_switch():
+    """Eval-mode SAM-2 may replace token 0's mask by an untrained multimask token; the switch turns that off."""
+    from model.config import get_config
+    from model.modeling.glus import GlusModel
+
+    config = get_config("glus-tiny")
+    assert GlusModel(config).sam.sam_mask_decoder.dynamic_multimask_via_stability is True  # reference behaviour
+    config.sam_multimask_fallback = False
+    model = GlusModel(config).eval()
+    decoder = model.sam.sam_mask_decoder
+    assert decoder.dynamic_multimask_via_stability is False
+    with torch.no_grad():
+        feats = model.encode_frame(torch.randn(1, 3, 128, 128))
+        conditioned = model.condition_on_memory(feats, [])
+        seg = torch.randn(1, 64)
+        out = model.decode_masks(conditioned, feats, seg)
+        prompt = model.sam.sam_prompt_encoder
+        all_masks, _, _, _ = decoder.predict_masks(
+            conditioned.permute(1, 2, 0).reshape(1, 64, 8, 8), prompt.get_dense_pe(), seg.unsqueeze(1),
+            prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 8, 8), repeat_image=False,
+            high_res_features=feats.high_res)
+    assert torch.allclose(out.lowres_logits, all_masks[:, 0:1])  # always the trained single-mask token

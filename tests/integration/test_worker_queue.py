@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, test_redis_url
+from conftest import ROOT, VIDEO_CONFIG, test_redis_url
 from label_studio_sdk.label_interface import LabelInterface
 
 from glus_backend.queues import JobQueues
@@ -24,12 +24,6 @@ FRAMES_CONFIG = """<View>
   <BrushLabels name="mask" toName="frames"><Label value="Object"/></BrushLabels>
   <PolygonLabels name="poly" toName="frames"><Label value="Object"/></PolygonLabels>
 </View>"""
-VIDEO_CONFIG = """<View>
-  <Labels name="videoLabels" toName="video"><Label value="Object"/></Labels>
-  <Video name="video" value="$video"/>
-  <VideoRectangle name="box" toName="video"/>
-</View>"""
-
 
 def _frames(root: Path, n: int = 6) -> list[str]:
     folder = root / "frames" / "v1"

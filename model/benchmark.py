@@ -1,0 +1,102 @@
+"""``glus benchmark``: a model's J, F, J&F on a synthetic-benchmark split, per expression category, next to the
+trivial baselines, and inference-time ablations.
+
+    glus benchmark --root BENCH --split test [--checkpoint DIR] [--rows full,clip,no-memory,key-frames]
+
+Categories: all, appearance, relation, motion, multi, and motion_lookalikes (motion expressions that tell apart
+objects of the same colour and shape: the case the global-local design is for). Baselines: empty masks, the
+whole frame, the union of all objects, and the best motion-blind answer (the union of the objects matching
+the expression's appearance words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+ROWS = {
+    "full": {},
+    "clip": {"schedule": "clip"},
+    "no-memory": {"use_memory_bank": False},
+    "key-frames": {"key_frames": "confidence"},
+}
+
+
+def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str], limit: int | None = None,
+                        device: str = "cpu") -> dict[str, dict]:
+    """``{row: {category: DatasetScore}}`` for each inference setting in ``rows``."""
+    from .checkpoint import from_pretrained
+    from .datasets import open_dataset
+    from .evaluation.metrics import aggregate, score_expression
+    from .inference import Expression, SegmentOptions, VideoSegmenter
+    from .keyframes import ConfidenceKeyFrames, FirstFrame
+    from .synthetic.baselines import CATEGORIES
+    from .synthetic.dataset import load_split_extras
+    from .video_io import FrameFiles
+
+    model, tokenizer, _ = from_pretrained(checkpoint)
+    segmenter = VideoSegmenter(model.to(device), tokenizer, device=device)
+    dataset = open_dataset("mevis", root, split)
+    info, _objects = load_split_extras(Path(root) / split)
+    videos = list(dataset.videos.values())[:limit] if limit else list(dataset.videos.values())
+    results = {}
+    for row in rows:
+        settings = dict(ROWS[row])
+        key_frames = ConfidenceKeyFrames() if settings.pop("key_frames", None) == "confidence" else FirstFrame()
+        options = SegmentOptions(key_frames=key_frames, **settings)
+        scores: dict[str, list] = {c: [] for c in CATEGORIES}
+        for video in tqdm(videos, desc=row, unit="video"):
+            source = FrameFiles(dataset.frame_paths(video.video_id))
+            exprs = [Expression(e.text, e.exp_id) for e in video.expressions]
+            for expr, result in zip(exprs, segmenter.segment(source, exprs, options)):
+                gt = dataset.gt_masks(video.video_id, expr.exp_id)
+                score = score_expression(video.video_id, expr.exp_id, result.masks, gt)
+                extra = info[video.video_id][expr.exp_id]
+                categories = ["all", extra["kind"]] + (["motion_lookalikes"] if extra["motion_lookalikes"] else [])
+                for category in categories:
+                    scores[category].append(score)
+        results[row] = {c: aggregate(s) for c, s in scores.items() if s}
+    return results
+
+
+def format_rows(model_rows: dict[str, dict], baselines: dict[str, dict]) -> str:
+    """Markdown table: one line per (setting or baseline), J&F per category (and J, F overall)."""
+    from .synthetic.baselines import CATEGORIES
+
+    header = "| row | J | F | J&F | " + " | ".join(f"J&F {c}" for c in CATEGORIES[1:]) + " |"
+    lines = [header, "|" + "---|" * (4 + len(CATEGORIES) - 1)]
+    for name, by_cat in [*((f"model: {k}", v) for k, v in model_rows.items()),
+                         *((f"baseline: {k}", v) for k, v in baselines.items())]:
+        overall = by_cat["all"]
+        cells = [f"{by_cat[c].jf:.3f}" if c in by_cat else "–" for c in CATEGORIES[1:]]
+        lines.append(f"| {name} | {overall.j:.3f} | {overall.f:.3f} | {overall.jf:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="synthetic benchmark root (glus synthetic generate)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--rows", default="full", help=f"comma-separated settings among {', '.join(ROWS)}")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
+    parser.add_argument("--device", default="cpu")
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from .cli import resolve_checkpoint
+    from .synthetic.baselines import evaluate_split
+
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose among {list(ROWS)}")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model_rows = evaluate_checkpoint(checkpoint, args.root, args.split, rows, args.limit, args.device)
+    baselines = evaluate_split(args.root, args.split, progress=False) if not args.limit else {}
+    print(f"checkpoint {checkpoint}, split {args.split}")
+    print(format_rows(model_rows, baselines))
+    return 0
