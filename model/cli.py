@@ -144,6 +144,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from model.synthetic.cli import main as synthetic_main
+
+    return synthetic_main(args.args)
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)"
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = sub.add_parser("synthetic", help="generate the synthetic benchmark / score its baselines",
                                add_help=False)
     synthetic.add_argument("args", nargs=argparse.REMAINDER)
-    synthetic.set_defaults(func=lambda a: __import__("model.synthetic.cli", fromlist=["main"]).main(a.args))
+    synthetic.set_defaults(func=cmd_synthetic)
 
     from model.train_cli import add_train_arguments, run_train
 
