@@ -36,8 +36,10 @@ def make_job_id(kind: str, *parts: Any) -> str:
     return f"{kind}-{_digest(*parts)}"
 
 
-def predict_job_id(task_id: int, data: dict, context: Any, label_config: str, model_version: str) -> str:
-    return make_job_id(PREDICT, task_id, data, context, label_config, model_version)
+def predict_job_id(task_id: int, data: dict, context: Any, label_config: str, model_version: str,
+                   scope: tuple = ()) -> str:
+    """``scope`` (Label Studio URL, project id) keeps task ids of different Label Studio instances apart."""
+    return make_job_id(PREDICT, task_id, data, context, label_config, model_version, *scope)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ class BackendService:
         version = self.model_version()
         data = task.get("data") or {}
         task_id = int(task["id"])
-        job_id = predict_job_id(task_id, data, context, label_config, version)
+        scope = (self.settings.label_studio_url, project_id)
+        job_id = predict_job_id(task_id, data, context, label_config, version, scope)
         payload = {
             "task_id": task_id,
             "project_id": project_id,

@@ -61,7 +61,7 @@ def test_predict_answers_placeholders_and_enqueues_each_task_once(backend):
     created.extend(queues.queue("predict").job_ids)
     again = _predict(client, tasks)  # Label Studio asking again: nothing new runs
     assert again.status_code == 200 and queues.queue("predict").count == 2
-    job_id = predict_job_id(1, tasks[0]["data"], None, FRAMES_CONFIG, body["model_version"])
+    job_id = predict_job_id(1, tasks[0]["data"], None, FRAMES_CONFIG, body["model_version"], (None, 3))
     assert job_id in queues.queue("predict").job_ids
     view = client.get(f"/jobs/{job_id}").get_json()
     assert view["status"] == "queued" and view["task_id"] == 1
@@ -75,7 +75,7 @@ def test_ready_predictions_come_from_the_result_store(backend):
     client, queues, _, created = backend
     task = {"id": 7, "data": {"frames": ["/data/upload/3/7.jpg"], "expression": "the dog"}}
     version = client.get("/health").get_json()["model_version"]
-    job_id = predict_job_id(7, task["data"], None, FRAMES_CONFIG, version)
+    job_id = predict_job_id(7, task["data"], None, FRAMES_CONFIG, version, (None, 3))
     stored = {"result": [{"id": "x", "type": "brushlabels"}], "score": 0.8, "model_version": version}
     queues.put_prediction(job_id, stored)
     body = _predict(client, [task]).get_json()
