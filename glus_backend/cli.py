@@ -6,6 +6,10 @@ glus-backend status                              # queue depths, workers, model 
 glus-backend job JOB_ID                          # one job's status, progress and error
 glus-backend retry JOB_ID                        # run a failed job again
 glus-backend import-videos VIDEO... --project ID --expression "..."   # videos -> frame-sequence tasks
+glus-backend versions                            # registered model versions, their gate metrics, the one served
+glus-backend promote VERSION                     # serve VERSION (workers switch between jobs)
+glus-backend rollback [VERSION]                  # undo the last promotion, or serve VERSION
+glus-backend train --project ID [--enqueue]      # fine-tune on the project's corrections now (or on a worker)
 """
 
 from __future__ import annotations
@@ -20,6 +24,58 @@ from pathlib import Path
 from .settings import Settings
 
 logger = logging.getLogger("glus_backend")
+
+
+def _registry():
+    from .registry import ModelRegistry
+
+    settings = Settings.from_env()
+    return ModelRegistry(settings.model_dir, settings.checkpoint)
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from .registry import NoModelError
+
+    registry = _registry()
+    try:
+        current = registry.current()
+        served = f"{current.version} ({current.source}: {current.path})"
+    except NoModelError as exc:
+        current, served = None, f"none ({exc})"
+    print(f"served: {served}")
+    records = registry.versions()
+    if not records:
+        print("no trained versions yet")
+    for record in records:
+        meta = record.metadata
+        gate = meta.get("gate", {})
+        mark = "*" if current is not None and record.version == current.version else " "
+        print(
+            f"{mark} {record.version}  parent {meta.get('parent', '?')}  data {meta.get('data_snapshot', '?')}  "
+            f"J&F {gate.get('candidate_jf', float('nan')):.3f} vs {gate.get('current_jf', float('nan')):.3f}  "
+            f"{'promoted' if gate.get('promoted') else 'refused' if gate else ''}"
+        )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    try:
+        version = _registry().promote(args.version, reason="promoted by hand")
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    print(f"serving {version.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    try:
+        version = _registry().rollback(args.version)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    print(f"serving {version.version} ({version.source})")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -119,38 +175,65 @@ def cmd_import_videos(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_mevis(args: argparse.Namespace) -> int:
-    import cv2
-
-    from model.video_io import VideoFile
-
-    from .corrections import export_mevis
+def _client_from(args: argparse.Namespace, settings: Settings):
     from .ls_client import LabelStudioClient
-    from .media import resolve_media
 
-    settings = Settings.from_env()
     url = args.label_studio_url or settings.label_studio_url
     key = args.api_key or settings.label_studio_api_key
     if not url or not key:
         logger.error("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --label-studio-url / --api-key)")
+        return None
+    return LabelStudioClient(url, key)
+
+
+def cmd_export_mevis(args: argparse.Namespace) -> int:
+    from .corrections import export_mevis, task_frame_loader
+
+    settings = Settings.from_env()
+    client = _client_from(args, settings)
+    if client is None:
         return 2
-    client = LabelStudioClient(url, key)
     project = client.get_project(args.project)
-    cache = settings.model_dir / "cache" / "media"
-
-    def frames_of(task: dict) -> list:
-        from .label_config import parse_label_config
-
-        config = parse_label_config(project["label_config"])
-        value = task["data"][config.value_key]
-        common = dict(client=client, dest_dir=cache, task_id=task["id"], local_files_root=settings.local_files_root)
-        if config.kind == "video":
-            video = VideoFile(resolve_media(value, **common))
-            return [video.frame(i) for i in range(len(video))]
-        return [cv2.cvtColor(cv2.imread(str(resolve_media(v, **common))), cv2.COLOR_BGR2RGB) for v in value]
-
     tasks = client.export_tasks(args.project)
+    frames_of = task_frame_loader(client, settings, project["label_config"])
     summary = export_mevis(tasks, project["label_config"], Path(args.out), frames_of, settings.expression_fields)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune on a project's corrections now (in this process), or enqueue it for a worker."""
+    settings = Settings.from_env()
+    if args.enqueue:
+        from redis import Redis
+
+        from .queues import JobQueues
+        from .training import enqueue_training
+
+        queues = JobQueues(Redis.from_url(settings.redis_url), settings)
+        print(json.dumps(enqueue_training(queues, args.project, "command").__dict__))
+        return 0
+    from .corrections import task_frame_loader
+    from .training import TrainingDataError, train_project
+
+    client = _client_from(args, settings)
+    if client is None:
+        return 2
+    project = client.get_project(args.project)
+    tasks = client.export_tasks(args.project)
+    try:
+        summary = train_project(
+            settings,
+            args.project,
+            tasks,
+            project["label_config"],
+            task_frame_loader(client, settings, project["label_config"]),
+            device=args.device,
+            progress=lambda stage: logger.info("training: %s", stage),
+        )
+    except TrainingDataError as exc:
+        logger.error("%s", exc)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -190,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("job_id")
     retry.set_defaults(func=cmd_retry)
 
+    versions = sub.add_parser("versions", help="registered model versions and the one served")
+    versions.set_defaults(func=cmd_versions)
+    promote = sub.add_parser("promote", help="serve a registered version")
+    promote.add_argument("version")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="undo the last promotion, or serve VERSION")
+    rollback.add_argument("version", nargs="?", default=None)
+    rollback.set_defaults(func=cmd_rollback)
+
     imp = sub.add_parser("import-videos", help="turn videos into frame-sequence tasks in a Label Studio project")
     from .video_import import add_import_arguments
 
@@ -210,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--label-studio-url", default=None)
     export.add_argument("--api-key", default=None)
     export.set_defaults(func=cmd_export_mevis)
+
+    train = sub.add_parser("train", help="fine-tune on a project's corrections (snapshot, LoRA, gate, registry)")
+    train.add_argument("--project", type=int, required=True)
+    train.add_argument("--enqueue", action="store_true", help="put it on the train queue instead of running here")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--label-studio-url", default=None)
+    train.add_argument("--api-key", default=None)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -193,3 +193,24 @@ def export_mevis(tasks: list[dict], label_config: str, out_dir: Path, frame_load
     (out_dir / "meta_expressions.json").write_text(json.dumps(meta))
     (out_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
     return summary
+
+
+def task_frame_loader(client, settings, label_config: str):
+    """``frame_loader(task) -> list of RGB frames`` for :func:`export_mevis`, fetched as the workers fetch media
+    (Label Studio uploads, local files, URLs), cached under ``MODEL_DIR/cache/media``."""
+    from model.video_io import VideoFile
+
+    from .media import resolve_media
+
+    config = parse_label_config(label_config)
+    cache = settings.model_dir / "cache" / "media"
+
+    def frames_of(task: dict) -> list:
+        value = task["data"][config.value_key]
+        common = dict(client=client, dest_dir=cache, task_id=task["id"], local_files_root=settings.local_files_root)
+        if config.kind == "video":
+            video = VideoFile(resolve_media(value, **common))
+            return [video.frame(i) for i in range(len(video))]
+        return [cv2.cvtColor(cv2.imread(str(resolve_media(v, **common))), cv2.COLOR_BGR2RGB) for v in value]
+
+    return frames_of

@@ -103,7 +103,9 @@ def _segment(
     masks: list[list[np.ndarray | None]] = [[None] * n for _ in prompts]
     scores: list[list[float]] = [[0.0] * n for _ in prompts]
     key_frames = ConfidenceKeyFrames() if runtime.settings.key_frames == "confidence" else FirstFrame()
-    options = SegmentOptions(schedule=runtime.settings.schedule, key_frames=key_frames)
+    options = SegmentOptions(
+        schedule=runtime.settings.schedule, key_frames=key_frames, llm_every=runtime.settings.llm_every
+    )
     expressions = [Expression(p.expression, str(i)) for i, p in enumerate(prompts)]
     done = 0
     for obj, _key, frame in loaded.segmenter.segment_stream(source, expressions, options):
@@ -224,7 +226,61 @@ def ingest_annotation(payload: dict) -> dict:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"annotation": annotation, "task": task, "project": project}, indent=1))
     tmp.replace(path)
-    return {"stored": str(path), "results": len(annotation.get("result") or []), "action": payload.get("action")}
+    return {
+        "stored": str(path),
+        "results": len(annotation.get("result") or []),
+        "action": payload.get("action"),
+        **_count_correction(runtime, project.get("id")),
+    }
+
+
+def _count_correction(runtime: WorkerRuntime, project_id: Any) -> dict:
+    """Count corrections per project; every ``GLUS_TRAIN_EVERY`` of them, enqueue a training run."""
+    every = runtime.settings.train_every
+    if not every or project_id is None:
+        return {}
+    key = runtime.queues.key("corrections", str(project_id))
+    count = int(runtime.redis.incr(key))
+    if count < every:
+        return {"corrections_since_training": count}
+    runtime.redis.delete(key)
+    from .training import enqueue_training
+
+    enqueued = enqueue_training(runtime.queues, int(project_id), f"{count} new corrections")
+    return {"corrections_since_training": count, "train_job": enqueued.job_id}
+
+
+def train_from_corrections(payload: dict) -> dict:
+    """The ``train`` job: fine-tune on the project's corrections, gate, register, promote (``START_TRAINING``,
+    every ``GLUS_TRAIN_EVERY`` corrections, or ``glus-backend train --enqueue``)."""
+    from .corrections import task_frame_loader
+    from .training import TrainingDataError, train_project
+
+    runtime = current_runtime()
+    project_id = int(payload["project_id"])
+    client = runtime.label_studio()
+    if client is None:
+        raise PermanentJobError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the annotations")
+    project = client.get_project(project_id)
+    tasks = client.export_tasks(project_id)
+    progress = _Progress()
+    device = runtime.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return train_project(
+            runtime.settings,
+            project_id,
+            tasks,
+            project["label_config"],
+            task_frame_loader(client, runtime.settings, project["label_config"]),
+            device=device,
+            progress=lambda stage: progress.update(stage, force=True),
+        )
+    except TrainingDataError as exc:
+        raise PermanentJobError(str(exc)) from exc
 
 
 def delete_annotations(payload: dict) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +80,79 @@ class ModelRegistry:
                 "no model: set GLUS_CHECKPOINT to a model directory (or create one with `glus init --out DIR`)"
             )
         return ModelVersion(version_of(bundled), bundled, "bundled")
+
+    # --- versions written by training runs (issue: learning from corrections) ---
+    @property
+    def history_file(self) -> Path:
+        return self.versions_dir / "HISTORY.jsonl"
+
+    def versions(self) -> list[VersionRecord]:
+        """Every registered version, oldest first, with its metadata (``version.json``)."""
+        records = []
+        if not self.versions_dir.is_dir():
+            return records
+        for folder in self.versions_dir.iterdir():
+            meta_file = folder / "version.json"
+            if folder.is_dir() and meta_file.is_file() and (folder / "config.json").is_file():
+                meta = json.loads(meta_file.read_text())
+                records.append(VersionRecord(folder.name, folder, meta))
+        return sorted(records, key=lambda r: (r.metadata.get("created", 0), r.version))
+
+    def register(self, checkpoint_dir: str | Path, metadata: dict) -> VersionRecord:
+        """Move a trained checkpoint folder into ``versions/<version>/`` with ``version.json``; not promoted."""
+        source = Path(checkpoint_dir)
+        name = version_of(source)
+        target = self.versions_dir / name
+        if target.exists():
+            raise ValueError(f"version {name} is already registered")
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"version": name, "created": time.time(), **metadata}
+        (source / "version.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        os.replace(source, target)
+        return VersionRecord(name, target, meta)
+
+    def promote(self, version: str, reason: str = "promoted") -> ModelVersion:
+        """Make ``version`` the one served: workers switch between jobs, ``/setup`` reports it."""
+        path = self.versions_dir / version
+        if not (path / "config.json").is_file():
+            raise ValueError(f"unknown version {version!r}; registered: {[r.version for r in self.versions()]}")
+        previous = self.current().version
+        tmp = self.versions_dir / f".CURRENT.{os.getpid()}"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.versions_dir / "CURRENT")  # atomic: readers see the old or the new name
+        with self.history_file.open("a") as history:
+            history.write(json.dumps({"version": version, "previous": previous, "at": time.time(), "reason": reason}))
+            history.write("\n")
+        return ModelVersion(version, path, "registry")
+
+    def rollback(self, version: str | None = None) -> ModelVersion:
+        """Serve ``version``, or the one served before the current promotion; without one, the base model."""
+        if version is None:
+            entries = self._history()
+            if not entries:
+                raise ValueError("nothing to roll back: no version was ever promoted")
+            version = entries[-1]["previous"]
+        registered = {r.version for r in self.versions()}
+        if version in registered:
+            return self.promote(version, reason="rollback")
+        pointer = self.versions_dir / "CURRENT"
+        pointer.unlink(missing_ok=True)  # back to GLUS_CHECKPOINT or the bundled model
+        current = self.current()
+        if current.version != version:
+            raise ValueError(f"unknown version {version!r}; registered: {sorted(registered)}")
+        with self.history_file.open("a") as history:
+            history.write(json.dumps({"version": version, "previous": None, "at": time.time(), "reason": "rollback"}))
+            history.write("\n")
+        return current
+
+    def _history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            return []
+        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    version: str
+    path: Path
+    metadata: dict

@@ -254,9 +254,21 @@ def _on_annotations_deleted(service: BackendService, payload: dict) -> dict:
     return {"job": enqueued.job_id}
 
 
+def _on_start_training(service: BackendService, payload: dict) -> dict:
+    """Label Studio's "Start training" (``POST /api/ml/<id>/train``): the payload holds only the project."""
+    from .training import enqueue_training
+
+    project_id = _project_id(payload.get("project") or {})
+    if project_id is None:
+        return {"error": "START_TRAINING without a project id"}
+    enqueued = enqueue_training(service.queues, int(project_id), "START_TRAINING")
+    return {"job": enqueued.job_id, "created": enqueued.created}
+
+
 WEBHOOK_HANDLERS: dict[str, Callable[[BackendService, dict], dict]] = {
     "TASKS_CREATED": _on_tasks_created,
     "ANNOTATION_CREATED": _on_annotation,
     "ANNOTATION_UPDATED": _on_annotation,
     "ANNOTATIONS_DELETED": _on_annotations_deleted,
+    "START_TRAINING": _on_start_training,
 }

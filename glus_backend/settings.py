@@ -45,6 +45,7 @@ class Settings:
     precision: str = "auto"  # GLUS_PRECISION: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     schedule: str = "sliding"  # GLUS_SCHEDULE: sliding | clip
     key_frames: str = "first"  # GLUS_KEY_FRAMES: first | confidence
+    llm_every: int = 1  # GLUS_LLM_EVERY: throughput mode, the LLM on every k-th frame (sliding schedule)
     # --- prediction ---
     expression_fields: tuple[str, ...] = ("expressions", "expression", "prompt")  # GLUS_EXPRESSION_FIELDS
     prelabel_on_import: bool = True  # GLUS_PRELABEL_ON_IMPORT: TASKS_CREATED webhooks enqueue predictions
@@ -55,6 +56,14 @@ class Settings:
     job_retries: int = 3  # GLUS_JOB_RETRIES: retries of transient failures (media fetch, Label Studio API)
     retry_intervals: tuple[int, ...] = (5, 30, 120)  # GLUS_RETRY_INTERVALS (seconds, comma separated)
     result_ttl: int = 7 * 24 * 3600  # GLUS_RESULT_TTL: seconds finished predictions stay in the result store
+    # --- learning from corrections ---
+    train_every: int = 0  # GLUS_TRAIN_EVERY: enqueue a training run every N corrections (0: only on request)
+    train_steps: int = 200  # GLUS_TRAIN_STEPS: optimizer steps of one fine-tuning run
+    train_lr: float = 3e-4  # GLUS_TRAIN_LR: GLUS's fine-tuning learning rate
+    train_batch_size: int = 4  # GLUS_TRAIN_BATCH_SIZE: videos per step
+    train_contrastive_weight: float = 0.1  # GLUS_TRAIN_CONTRASTIVE_WEIGHT: object contrastive loss weight
+    heldout_fraction: float = 0.2  # GLUS_HELDOUT_FRACTION: corrected tasks kept out of training for the gate
+    gate_tolerance: float = 0.0  # GLUS_GATE_TOLERANCE: promote if candidate J&F >= current J&F - tolerance
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +87,7 @@ class Settings:
             precision=_env("GLUS_PRECISION", default="auto"),
             schedule=_env("GLUS_SCHEDULE", default="sliding"),
             key_frames=_env("GLUS_KEY_FRAMES", default="first"),
+            llm_every=int(_env("GLUS_LLM_EVERY", default="1")),
             expression_fields=tuple(f.strip() for f in fields_env.split(",") if f.strip())
             if fields_env
             else cls.expression_fields,
@@ -89,6 +99,13 @@ class Settings:
             job_retries=int(_env("GLUS_JOB_RETRIES", default="3")),
             retry_intervals=tuple(int(x) for x in intervals.split(",")) if intervals else cls.retry_intervals,
             result_ttl=int(_env("GLUS_RESULT_TTL", default=str(7 * 24 * 3600))),
+            train_every=int(_env("GLUS_TRAIN_EVERY", default="0")),
+            train_steps=int(_env("GLUS_TRAIN_STEPS", default="200")),
+            train_lr=float(_env("GLUS_TRAIN_LR", default="3e-4")),
+            train_batch_size=int(_env("GLUS_TRAIN_BATCH_SIZE", default="4")),
+            train_contrastive_weight=float(_env("GLUS_TRAIN_CONTRASTIVE_WEIGHT", default="0.1")),
+            heldout_fraction=float(_env("GLUS_HELDOUT_FRACTION", default="0.2")),
+            gate_tolerance=float(_env("GLUS_GATE_TOLERANCE", default="0.0")),
         )
 
     @property

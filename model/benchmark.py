@@ -1,7 +1,11 @@
 """``glus benchmark``: a model's J, F, J&F on a synthetic-benchmark split, per expression category, next to the
 trivial baselines, and inference-time ablations.
 
-    glus benchmark --root BENCH --split test [--checkpoint DIR] [--rows full,clip,no-memory,key-frames]
+    glus benchmark --root BENCH --split test [--checkpoint DIR] [--rows full,no-context,no-memory,no-kfs,clip]
+                   [--compare no-contrastive=DIR]      # other checkpoints, evaluated with the "full" row
+
+``--rows ablation`` is the paper's ablation table on this data (with ``--compare`` for the model trained
+without the contrastive loss).
 
 Categories: all, appearance, relation, motion, multi, and motion_lookalikes (motion expressions that tell apart
 objects of the same colour and shape: the case the global-local design is for). Baselines: empty masks, the
@@ -13,18 +17,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
+# Inference settings. "full" is GLUS as the paper evaluates it: context frames, memory bank, key-frame selection
+# by confidence, sliding schedule; each other row changes one thing. ("first-frame" is the backend's default:
+# the full model without key-frame selection, which costs one probe per frame and expression.)
 ROWS = {
-    "full": {},
-    "clip": {"schedule": "clip"},
-    "no-memory": {"use_memory_bank": False},
-    "key-frames": {"key_frames": "confidence"},
+    "full": {"key_frames": "confidence"},
+    "no-context": {"key_frames": "confidence", "context_frames": False},
+    "no-memory": {"key_frames": "confidence", "use_memory_bank": False},
+    "no-kfs": {},
+    "clip": {"key_frames": "confidence", "schedule": "clip"},
+    # throughput modes as the backend runs them (first frame): their quality cost against "no-kfs"
+    "fast-clip": {"schedule": "clip"},
+    "fast-llm-every-2": {"llm_every": 2},
+    "fast-llm-every-4": {"llm_every": 4},
 }
+ABLATION_ROWS = "full,no-context,no-memory,no-kfs,clip"
+THROUGHPUT_ROWS = "no-kfs,fast-clip,fast-llm-every-2,fast-llm-every-4"
 
 
 def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str], limit: int | None = None,
@@ -81,22 +96,48 @@ def format_rows(model_rows: dict[str, dict], baselines: dict[str, dict]) -> str:
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="synthetic benchmark root (glus synthetic generate)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--rows", default="full", help=f"comma-separated settings among {', '.join(ROWS)}")
+    parser.add_argument(
+        "--rows",
+        default="full",
+        help=f"comma-separated settings among {', '.join(ROWS)}; 'ablation' or 'throughput' for those sets",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another checkpoint, evaluated with the 'full' row and printed as 'NAME' (repeatable)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
     from .cli import resolve_checkpoint
     from .synthetic.baselines import evaluate_split
 
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    spec = {"ablation": ABLATION_ROWS, "throughput": THROUGHPUT_ROWS}.get(args.rows, args.rows)
+    rows = [r.strip() for r in spec.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; choose among {list(ROWS)}")
+        raise ValueError(f"unknown rows {unknown}; choose among {list(ROWS)}")
+    compare = []
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            raise ValueError(f"--compare expects NAME=DIR with an existing checkpoint folder, got {item!r}")
+        compare.append((name, Path(path)))
     checkpoint = resolve_checkpoint(args.checkpoint)
     model_rows = evaluate_checkpoint(checkpoint, args.root, args.split, rows, args.limit, args.device)
+    for name, path in compare:
+        model_rows[name] = evaluate_checkpoint(path, args.root, args.split, ["full"], args.limit, args.device)["full"]
     baselines = evaluate_split(args.root, args.split, progress=False) if not args.limit else {}
+    table = format_rows(model_rows, baselines)
     print(f"checkpoint {checkpoint}, split {args.split}")
-    print(format_rows(model_rows, baselines))
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = "glus benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "glus benchmark"
+        args.out.write_text(f"<!-- written by: {command} -->\n{table}\n")
     return 0

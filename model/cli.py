@@ -84,6 +84,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = SegmentOptions(
         schedule=args.schedule,
         mem_stride=args.mem_stride,
+        llm_every=args.llm_every,
         video_id=video_id,
         key_frames=_key_frame_selector(args.key_frames),
     )
@@ -175,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file",
     )
     seg.add_argument("--mem-stride", type=int, default=None, help="memory stride (default: the model's, 3)")
+    seg.add_argument(
+        "--llm-every",
+        type=int,
+        default=1,
+        help="throughput mode (sliding): run the LLM on every k-th frame only, SAM-2 memory in between",
+    )
     seg.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
     seg.add_argument("--video-id", default=None, help="name of the output folder (default: the file stem)")
     seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

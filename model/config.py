@@ -44,6 +44,9 @@ class GlusConfig:
     clip_std: tuple[float, float, float] = OPENAI_CLIP_STD
     # --- [SEG] projection ---
     seg_hidden_norm: str | None = None  # None (GLUS) or "batchnorm" (tiny-model aid against collapse)
+    # None (GLUS) or "layernorm": scale the prompt token to the size of SAM-2's own output tokens (tiny-model aid:
+    # a from-scratch mask decoder otherwise learns to ignore a prompt token much smaller than its other tokens)
+    seg_output_norm: str | None = None
     # --- SAM-2 (the `sam2` package's SAM2Base, built from one of its yaml files plus overrides) ---
     sam2_config: str = "configs/sam2/sam2_hiera_l.yaml"
     sam2_overrides: list[str] = field(default_factory=list)
@@ -61,6 +64,9 @@ class GlusConfig:
     # --- video prompt layout and memory ---
     context_frames: int = 4
     query_window: int = 4
+    # The reference's open inference prompt ends "... result is " with a trailing-space token that never precedes
+    # [SEG] in training; kept for released checkpoints (parity), off for models trained from scratch here.
+    open_prompt_trailing_space: bool = True
     num_maskmem: int = 7  # past frames read by memory attention: previous + 6 at stride `mem_stride`
     mem_stride: int = 3  # 3 at inference in the reference, 1 in training
     use_memory_bank: bool = True
@@ -74,6 +80,8 @@ class GlusConfig:
             raise ValueError(f"unknown projector_type {self.projector_type!r}")
         if self.seg_hidden_norm not in (None, "batchnorm"):
             raise ValueError(f"unknown seg_hidden_norm {self.seg_hidden_norm!r}")
+        if self.seg_output_norm not in (None, "layernorm"):
+            raise ValueError(f"unknown seg_output_norm {self.seg_output_norm!r}")
         if self.num_maskmem < 1 or self.mem_stride < 1:
             raise ValueError("num_maskmem and mem_stride must be >= 1")
 

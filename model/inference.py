@@ -30,10 +30,10 @@ import torch
 from .keyframes import FirstFrame, FrameProbe, KeyFrameRequest, KeyFrameSelector
 from .modeling.glus import GlusModel, seg_state_positions
 from .modeling.memory_bank import MemoryBank, MemoryEntry
-from .modeling.sam2_memory import upsample_logits
-from .preprocessing import clip_pixel_values, sam_pixel_values
+from .modeling.sam2_memory import FrameFeatures, upsample_logits
 from .prompting import clean_expression, inference_prompt
 from .tokenizer import GlusTokenizer
+from .video_context import VideoContext
 from .video_io import ArrayFrames, FrameSource
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,19 @@ class SegmentOptions:
     use_memory_bank: bool | None = None  # None: the model config's (on)
     key_frames: KeyFrameSelector = field(default_factory=FirstFrame)
     video_id: str | None = None
+    context_frames: bool = True  # False: no global context frames in the prompt (an ablation)
+    # --- speed (exact: the same masks) ---
+    prefix_cache: bool = True  # KV cache of the prompt prefix (system prompt + context frames), once per video
+    cache_frames: int = 16  # CLIP / SAM-2 features kept per video (bounded, least recently used out)
+    encode_batch: int = 4  # frames encoded together by CLIP and by SAM-2's image encoder
+    # --- throughput (not exact: measured quality cost in the README) ---
+    llm_every: int = 1  # sliding schedule: LLM on every k-th frame, SAM-2 memory propagates the prompt between
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.llm_every < 1 or self.cache_frames < 1 or self.encode_batch < 1:
+            raise ValueError("llm_every, cache_frames and encode_batch must be >= 1")
 
 
 @dataclass
@@ -149,6 +158,7 @@ class VideoSegmenter:
         config = model.config
         self.config = config
         self.seg_token_id = tokenizer.token_to_id(config.seg_token)
+        self.im_start_id = tokenizer.token_to_id(config.im_start_token)
         if len(tokenizer) > config.llm["vocab_size"]:
             raise ValueError(
                 f"tokenizer has {len(tokenizer)} tokens but the LLM vocabulary is {config.llm['vocab_size']}"
@@ -181,33 +191,54 @@ class VideoSegmenter:
         trace: Callable[[StepTrace], None] | None = None,
     ) -> Iterator[tuple[int, int, FrameResult]]:
         """Yield ``(expression_index, key_frame, FrameResult)`` as frames are decided, every frame exactly once
-        per expression (not in frame order when a key frame is used). Nothing is held for the whole video."""
+        per expression (frame-major across expressions that share a key frame, so each frame's features are
+        computed once; not in frame order when a key frame is used). Nothing is held for the whole video."""
         options = options or SegmentOptions()
         exprs = _as_expressions(expressions)
         for e in exprs:
             clean_expression(e.text)  # bad input fails before any work
         source = _as_source(frames)
         n = len(source)
-        context = context_frame_indices(n, self.config.context_frames)
+        context = context_frame_indices(n, self.config.context_frames) if options.context_frames else []
         total = n * len(exprs)
         done = 0
-        with torch.inference_mode():
-            for expr_index, expr in enumerate(exprs):
-                key = self._key_frame(source, expr, context, options)
+        with torch.inference_mode(), self._video_context(source, context, options) as video:
+            keys = [self._key_frame(video, expr, options) for expr in exprs]
+            groups: dict[int, list[int]] = {}
+            for index, key in enumerate(keys):
+                groups.setdefault(key, []).append(index)
+            for key, members in groups.items():
                 passes = [list(range(key, n))] + ([list(range(key, -1, -1))] if key > 0 else [])
                 for pass_index, stream in enumerate(passes):
-                    for position, result in self._run_stream(source, stream, expr.text, context, options, trace):
+                    for position, member, result in self._run_streams(
+                        video, stream, [exprs[i].text for i in members], options, trace
+                    ):
                         if pass_index > 0 and position == 0:
                             continue  # the key frame was already emitted by the forward pass
                         done += 1
-                        yield expr_index, key, result
+                        yield members[member], key, result
                         if progress is not None:
-                            progress(Progress(done, total, expr_index, len(exprs)))
+                            progress(Progress(done, total, members[member], len(exprs)))
 
     # --- internals ---
-    def _key_frame(self, source: FrameSource, expr: Expression, context: list[int], options: SegmentOptions) -> int:
+    def _video_context(self, source: FrameSource, context: list[int], options: SegmentOptions) -> VideoContext:
+        return VideoContext(
+            self.model,
+            source,
+            context,
+            self.device,
+            self.dtype,
+            cache_frames=options.cache_frames,
+            encode_batch=options.encode_batch,
+            use_prefix_cache=options.prefix_cache,
+            im_start_id=self.im_start_id,
+        )
+
+    def _key_frame(self, video: VideoContext, expr: Expression, options: SegmentOptions) -> int:
+        source = video.source
+
         def probe(index: int) -> FrameProbe:
-            ((_, result),) = self._run_stream(source, [index], expr.text, context, options, None)
+            ((_, _, result),) = self._run_streams(video, [index], [expr.text], options, None)
             return FrameProbe(result.seg_probability, result.score, int(result.mask.sum()))
 
         request = KeyFrameRequest(
@@ -218,112 +249,112 @@ class VideoSegmenter:
             raise ValueError(f"key frame {key} out of range for a {len(source)}-frame video")
         return key
 
-    def _visual_tokens(self, source: FrameSource, indices: list[int], cache: dict[int, torch.Tensor]) -> torch.Tensor:
-        missing = [i for i in dict.fromkeys(indices) if i not in cache]
-        if missing:
-            pixels = clip_pixel_values(
-                [source.frame(i) for i in missing],
-                self.config.clip_image_size,
-                self.config.clip_mean,
-                self.config.clip_std,
-            )
-            tokens = self.model.encode_images(pixels.to(self.device, self.dtype))
-            cache.update(zip(missing, tokens))
-        return torch.stack([cache[i] for i in indices])
-
-    def _prompt_ids(self, expression: str, num_query: int, open_last: bool, cache: dict) -> torch.Tensor:
-        key = (num_query, open_last)
+    def _prompt_ids(
+        self, expression: str, num_context: int, num_query: int, open_last: bool, cache: dict
+    ) -> torch.Tensor:
+        key = (expression, num_context, num_query, open_last)
         if key not in cache:
-            ids = self.tokenizer.encode_prompt(
-                inference_prompt(expression, self.config.context_frames, num_query, open_last)
+            text = inference_prompt(
+                expression, num_context, num_query, open_last, self.config.open_prompt_trailing_space
             )
+            ids = self.tokenizer.encode_prompt(text)
             cache[key] = torch.tensor(ids, device=self.device)
         return cache[key]
 
-    def _run_stream(
+    def _run_streams(
         self,
-        source: FrameSource,
+        video: VideoContext,
         stream: list[int],
-        expression: str,
-        context: list[int],
+        expressions: list[str],
         options: SegmentOptions,
         trace: Callable[[StepTrace], None] | None,
-    ) -> Iterator[tuple[int, FrameResult]]:
-        """Segment the frames of one query stream in order; yields ``(stream_position, outcome)``."""
+    ) -> Iterator[tuple[int, int, FrameResult]]:
+        """Segment the frames of one query stream for several expressions in lockstep (one memory bank each);
+        yields ``(stream_position, expression_index, outcome)``."""
         cfg = self.config
         window = cfg.query_window
         use_memory = cfg.use_memory_bank if options.use_memory_bank is None else options.use_memory_bank
-        bank = MemoryBank(cfg.num_maskmem, options.mem_stride or cfg.mem_stride)
-        token_cache: dict[int, torch.Tensor] = {}
+        banks = [MemoryBank(cfg.num_maskmem, options.mem_stride or cfg.mem_stride) for _ in expressions]
         prompt_cache: dict = {}
+        last_llm: list[tuple[torch.Tensor | None, float] | None] = [None] * len(expressions)
         step = 1 if options.schedule == "sliding" else window
         for start in range(0, len(stream), step):
             if options.schedule == "sliding":
                 positions = [start]
                 rounds = list(range(max(0, start - window + 1), start + 1))
-                ids = self._prompt_ids(expression, len(rounds), True, prompt_cache)
-                seg_pos = None  # the state predicting [SEG] is the last prompt position
             else:
                 positions = rounds = list(range(start, min(start + window, len(stream))))
-                ids = self._prompt_ids(expression, len(rounds), False, prompt_cache)
-                seg_pos = seg_state_positions(ids, self.seg_token_id, self.model.visual_tokens_per_image)
-            frames_in_prompt = context + [stream[r] for r in rounds]
-            for f in list(token_cache):  # keep only what a later prompt can reuse
-                if f not in frames_in_prompt:
-                    del token_cache[f]
-            tokens = self._visual_tokens(source, frames_in_prompt, token_cache)
-            embeds = self.model.embed_prompt(ids, tokens)
-            hidden = self.model.language_hidden_states(embeds.unsqueeze(0))[0]
-            state_positions = torch.tensor([hidden.shape[0] - 1]) if seg_pos is None else seg_pos
-            states = hidden[state_positions]
-            logits = self.model.token_logits(states)
-            produced = logits.argmax(-1) == self.seg_token_id
-            seg_probability = torch.softmax(logits.float(), -1)[:, self.seg_token_id]
-            embeddings = self.model.project_seg(states)
+            frames_in_prompt = video.context_frames + [stream[r] for r in rounds]
+            upcoming = stream[start + 1 : start + 1 + 2 * video.encode_batch]
+            video.prefetch(upcoming)
+            run_llm = options.schedule != "sliding" or start % options.llm_every == 0
+            per_expression = []
+            for e, expression in enumerate(expressions):
+                if not run_llm and last_llm[e] is not None:
+                    per_expression.append(None)  # reuse the last [SEG] prompt: SAM-2 memory propagates it
+                    continue
+                if options.schedule == "sliding":
+                    ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), True, prompt_cache)
+                    hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
+                    state_positions = torch.tensor([hidden.shape[0] - 1], device=hidden.device)
+                else:
+                    ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), False, prompt_cache)
+                    hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
+                    state_positions = seg_state_positions(ids, self.seg_token_id, self.model.visual_tokens_per_image)
+                states = hidden[state_positions]
+                logits = self.model.token_logits(states)
+                produced = logits.argmax(-1) == self.seg_token_id
+                seg_probability = torch.softmax(logits.float(), -1)[:, self.seg_token_id]
+                embeddings = self.model.project_seg(states)
+                per_expression.append((ids, hidden, logits, produced, seg_probability, embeddings))
             for k, position in enumerate(positions):
-                step_trace = None
-                if trace is not None:
-                    step_trace = StepTrace(
-                        position,
-                        stream[position],
-                        ids,
-                        hidden,
-                        logits[k],
-                        embeddings[k],
-                        bank.read_positions(position) if use_memory else [],
+                frame_index = stream[position]
+                feats = video.sam_features(frame_index, stream[position + 1 : position + video.encode_batch])
+                for e in range(len(expressions)):
+                    llm = per_expression[e]
+                    if llm is None:
+                        embedding, probability = last_llm[e]
+                        step_trace = None
+                    else:
+                        ids, hidden, logits, produced, seg_probability, embeddings = llm
+                        embedding = embeddings[k] if produced[k] else None
+                        probability = float(seg_probability[k])
+                        last_llm[e] = (embedding, probability)
+                        step_trace = None
+                        if trace is not None:
+                            step_trace = StepTrace(
+                                position,
+                                frame_index,
+                                ids,
+                                hidden,
+                                logits[k],
+                                embeddings[k],
+                                banks[e].read_positions(position) if use_memory else [],
+                            )
+                    outcome = self._segment_frame(
+                        video, frame_index, position, feats, embedding, banks[e], use_memory, step_trace
                     )
-                outcome = self._segment_frame(
-                    source,
-                    stream[position],
-                    position,
-                    embeddings[k] if produced[k] else None,
-                    bank,
-                    use_memory,
-                    step_trace,
-                )
-                outcome.seg_probability = float(seg_probability[k])
-                if step_trace is not None:
-                    trace(step_trace)
-                yield position, outcome
+                    outcome.seg_probability = probability
+                    if step_trace is not None:
+                        trace(step_trace)
+                    yield position, e, outcome
 
     def _segment_frame(
         self,
-        source: FrameSource,
+        video: VideoContext,
         frame_index: int,
         position: int,
+        feats: FrameFeatures,
         seg_embedding: torch.Tensor | None,
         bank: MemoryBank,
         use_memory: bool,
         step_trace: StepTrace | None,
     ) -> FrameResult:
-        frame = source.frame(frame_index)
-        height, width = frame.shape[:2]
+        height, width = video.frame_size(frame_index)
         if seg_embedding is None:
             logger.debug("no [SEG] predicted for frame %d: target absent", frame_index)
             return FrameResult(frame_index, np.zeros((height, width), dtype=bool), 0.0, False, 0.0)
         cfg = self.config
-        pixels = sam_pixel_values([frame], self.model.sam_image_size, cfg.sam_mean, cfg.sam_std)
-        feats = self.model.encode_frame(pixels.to(self.device, self.dtype))
         memories = bank.read(position) if use_memory else []
         conditioned = self.model.condition_on_memory(feats, memories)
         decoded = self.model.decode_masks(conditioned, feats, seg_embedding.unsqueeze(0))

@@ -57,15 +57,32 @@ class ObjectContrastiveLoss:
     Positive: another expression of the same video referring to the same objects, at the same frame.
     Negatives: embeddings of other objects (any video), up to ``num_negatives`` drawn without replacement.
     The current batch is pushed into the bank first, so positives often come from the same batch.
+
+    ``same_video_negatives=True`` always keeps the other objects of the anchor's own video at the anchor's frame
+    (the hard negatives: the objects the expression must be told apart from) and fills the rest at random. GLUS
+    samples all negatives at random; with a language model trained from scratch, whose ``[SEG]`` state is at
+    first dominated by the image, random negatives from other videos are separated by the image alone.
+    ``positives_any_frame=True`` also counts the same objects at the other query frames (the same expression
+    included) as positives, so every anchor has one and the state is pulled towards what the expression names
+    rather than what the frame shows.
     """
 
     def __init__(
-        self, bank_size: int = 512, num_negatives: int = 128, tau: float = 0.07, min_negatives: int = 1, seed: int = 0
+        self,
+        bank_size: int = 512,
+        num_negatives: int = 128,
+        tau: float = 0.07,
+        min_negatives: int = 1,
+        seed: int = 0,
+        same_video_negatives: bool = False,
+        positives_any_frame: bool = False,
     ) -> None:
         self.bank: deque[tuple[SegTokenKey, torch.Tensor]] = deque(maxlen=bank_size)
         self.num_negatives = num_negatives
         self.min_negatives = min_negatives
         self.tau = tau
+        self.same_video_negatives = same_video_negatives
+        self.positives_any_frame = positives_any_frame
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, embeddings: torch.Tensor, keys: list[SegTokenKey]) -> tuple[torch.Tensor, int]:
@@ -83,16 +100,25 @@ class ObjectContrastiveLoss:
                 for i, k in enumerate(bank_keys)
                 if k.video == key.video
                 and k.objects == key.objects
-                and k.frame == key.frame
-                and k.expression != key.expression
+                and (
+                    (k.frame == key.frame and k.expression != key.expression)
+                    or (self.positives_any_frame and k.frame != key.frame)
+                )
             ]
             negatives = [i for i, k in enumerate(bank_keys) if not (k.video == key.video and k.objects == key.objects)]
             if not positives or len(negatives) < self.min_negatives:
                 continue
             pos = positives[int(torch.randint(len(positives), (1,), generator=self.generator))]
-            if len(negatives) > self.num_negatives:
-                picks = torch.randperm(len(negatives), generator=self.generator)[: self.num_negatives]
+            hard: list[int] = []
+            if self.same_video_negatives:
+                hard = [i for i in negatives if bank_keys[i].video == key.video and bank_keys[i].frame == key.frame]
+                hard_set = set(hard)
+                negatives = [i for i in negatives if i not in hard_set]
+            room = max(0, self.num_negatives - len(hard))
+            if len(negatives) > room:
+                picks = torch.randperm(len(negatives), generator=self.generator)[:room]
                 negatives = [negatives[int(i)] for i in picks]
+            negatives = hard + negatives
             q = F.normalize(anchor.float(), dim=-1)
             candidates = bank_emb[[pos, *negatives]]
             logits = (candidates @ q) / self.tau

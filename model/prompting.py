@@ -87,7 +87,8 @@ def build_prompt(num_context: int, rounds: list[PromptRound], use_im_start_end: 
     if not rounds:
         raise ValueError("a GLUS prompt needs at least one query round")
     slot = image_slot(use_im_start_end)
-    context_block = slot * num_context + "\n" + CONTEXT_INSTRUCTION + "\n"
+    # no context frames (an ablation): no context block at all
+    context_block = slot * num_context + "\n" + CONTEXT_INSTRUCTION + "\n" if num_context else ""
     messages: list[tuple[str, str | None]] = []
     for i, rnd in enumerate(rounds):
         question = slot + "\n" + rnd.question
@@ -102,13 +103,22 @@ def build_prompt(num_context: int, rounds: list[PromptRound], use_im_start_end: 
     return text
 
 
-def inference_prompt(expression: str, num_context: int, num_query: int, open_last: bool = True) -> str:
-    """The reference inference prompt: question template #0, fixed answer, the last round open or answered."""
+def inference_prompt(
+    expression: str, num_context: int, num_query: int, open_last: bool = True, trailing_space: bool = True
+) -> str:
+    """The reference inference prompt: question template #0, fixed answer, the last round open or answered.
+
+    An open prompt ends with the answer prefix ``"... result is "``; the reference keeps the trailing space,
+    which becomes a token that never precedes ``[SEG]`` in training (there, ``"is"`` does). Released
+    checkpoints are used with it (parity); ``trailing_space=False`` ends on ``"is"`` as in training, for models
+    trained from scratch (``GlusConfig.open_prompt_trailing_space``).
+    """
     question = INFERENCE_QUESTION.format(expression=clean_expression(expression))
     rounds = [PromptRound(question, INFERENCE_ANSWER) for _ in range(num_query)]
     if open_last:
         rounds[-1] = PromptRound(question, None)
-    return build_prompt(num_context, rounds)
+    text = build_prompt(num_context, rounds)
+    return text.rstrip(" ") if open_last and not trailing_space else text
 
 
 def training_prompt(expression: str, num_context: int, num_query: int, rng: random.Random) -> str:

@@ -73,10 +73,16 @@ class MevisTrainingSource:
 class SyntheticTrainingSource:
     """Fresh synthetic videos generated in memory (never the fixed validation/test seeds)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, curriculum_steps: int = 0) -> None:
+        from dataclasses import replace
+
         from .synthetic.world import WorldConfig
 
         self.config = WorldConfig()
+        # the first `curriculum_steps` batches come from appearance-only scenes (no look-alikes, no relations):
+        # there "every object" is a poor answer, so the mask decoder learns to read its prompt token early
+        self.curriculum_config = replace(self.config, p_lookalike=0.0, p_relation=0.0)
+        self.curriculum_steps = curriculum_steps
         self.seed = seed
 
     def batches(self, batch_size: int, seed: int) -> Iterator[list]:
@@ -84,18 +90,36 @@ class SyntheticTrainingSource:
         from .trainer import TrainingExpression, TrainingVideo
 
         index = 0
+        step = 0
         while True:
             batch = []
+            world = self.curriculum_config if step < self.curriculum_steps else self.config
+            step += 1
             for _ in range(batch_size):
                 video_seed = 1_000_000_000 + self.seed * 10_000_000 + index
                 index += 1
-                video = generate_video(video_seed, self.config)
+                video = generate_video(video_seed, world)
                 expressions = [
                     TrainingExpression(e.text, str(i), tuple(e.object_ids), video.masks[list(e.object_ids)].any(0))
                     for i, e in enumerate(video.expressions)
                 ]
                 batch.append(TrainingVideo(f"synthetic{video_seed}", video.frames, expressions))
             yield batch
+
+
+def save_trained(model, tokenizer, out: Path, dtype=None) -> Path:
+    """Save a trained model; LoRA adapters are written to ``lora_adapter.safetensors`` and merged first, so the
+    checkpoint itself is a plain one."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import save_pretrained
+    from .lora import has_lora, lora_state_dict, merge_lora
+
+    if has_lora(model):
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, str(out / "lora_adapter.safetensors"))
+        merge_lora(model)
+    return save_pretrained(model, tokenizer, out, dtype=dtype)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +133,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-scratch-aids",
         action="store_true",
-        help="tiny-model switches for training from scratch: BatchNorm on the [SEG] state, MLP projector",
+        help="tiny-model switches for training from scratch (see the model card): BatchNorm on the [SEG] state, "
+        "LayerNorm on the prompt token, MLP projector, fixed prompt templates, same-video hard negatives and "
+        "any-frame positives in the contrastive loss",
+    )
+    parser.add_argument(
+        "--curriculum-steps", type=int, default=0, help="synthetic: appearance-only scenes for the first N steps"
+    )
+    parser.add_argument(
+        "--prompt-templates",
+        choices=("random", "inference"),
+        default=None,
+        help="random (GLUS) or the inference template only (default: inference with --from-scratch-aids)",
+    )
+    parser.add_argument(
+        "--contrastive-aids",
+        action="store_true",
+        help="same-video hard negatives and any-frame positives in the contrastive loss (on with --from-scratch-aids)",
     )
     parser.add_argument("--sam-image-size", type=int, default=None, help="SAM-2 input size (from scratch only)")
     parser.add_argument("--steps", type=int, default=3000)
@@ -119,11 +159,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--contrastive-weight", type=float, default=0.1)
     parser.add_argument("--no-memory", action="store_true", help="train without the memory bank (ablation)")
-    parser.add_argument("--train-parts", choices=("all", "glus"), default="all")
+    parser.add_argument(
+        "--train-parts",
+        choices=("all", "glus", "lora"),
+        default="all",
+        help="all (from scratch); glus (LLM in full + projectors + mask decoder); lora (GLUS's fine-tuning: LoRA "
+        "on the LLM's q/v, embeddings, LM head, projectors, mask decoder; saved merged)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default=None)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT/step_<n> every n steps")
+    parser.add_argument(
+        "--save-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the final checkpoint's floating-point tensors (float16 halves it; loading casts back)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -145,11 +197,13 @@ def run_train(args: argparse.Namespace) -> int:
             config = with_sam_image_size(config, args.sam_image_size)
         if args.from_scratch_aids:
             config.seg_hidden_norm = "batchnorm"
+            config.seg_output_norm = "layernorm"
+            config.open_prompt_trailing_space = False
             config.projector_type = "mlp2x_gelu"
             config.sam_multimask_fallback = False
         model, tokenizer = random_model(config, seed=args.seed)
     if args.synthetic:
-        source = SyntheticTrainingSource(args.seed)
+        source = SyntheticTrainingSource(args.seed, args.curriculum_steps)
     elif args.data is not None:
         source = MevisTrainingSource(args.data, args.split, args.dataset)
     else:
@@ -164,6 +218,9 @@ def run_train(args: argparse.Namespace) -> int:
         use_memory_bank=not args.no_memory,
         train_parts=args.train_parts,
         seed=args.seed,
+        prompt_templates=args.prompt_templates or ("inference" if args.from_scratch_aids else "random"),
+        same_video_negatives=args.from_scratch_aids or args.contrastive_aids,
+        positives_any_frame=args.from_scratch_aids or args.contrastive_aids,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_config.json").write_text(
@@ -173,6 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "data": str(args.data),
                 "split": args.split,
                 "init": args.init,
+                "curriculum_steps": args.curriculum_steps,
                 "config": model.config.to_dict(),
                 "device": device,
                 "threads": torch.get_num_threads(),
@@ -190,13 +248,16 @@ def run_train(args: argparse.Namespace) -> int:
             log.write(json.dumps(asdict(stats)) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", bce=f"{stats.bce:.3f}", dice=f"{stats.dice:.3f}")
-            if args.save_every and stats.step % args.save_every == 0:
-                save_pretrained(trainer.model.eval(), tokenizer, args.out / f"step_{stats.step}")
-                trainer.model.train()
+            if args.save_every and stats.step % args.save_every == 0 and stats.step < args.steps:
+                if args.train_parts == "lora":
+                    logger.info("--save-every is ignored with LoRA (the final checkpoint is saved merged)")
+                else:
+                    save_pretrained(trainer.model.eval(), tokenizer, args.out / f"step_{stats.step}")
+                    trainer.model.train()
 
         trainer.fit(source.batches(args.batch_size, args.seed), on_step)
     log.close()
-    save_pretrained(trainer.model.eval(), tokenizer, args.out)
+    save_trained(trainer.model.eval(), tokenizer, args.out, getattr(torch, args.save_dtype))
     logger.info(
         "trained %d steps in %.1f min; checkpoint in %s", args.steps, (time.perf_counter() - started) / 60, args.out
     )

@@ -9,8 +9,10 @@ memories detached). Loss: CE on ``[SEG]`` + BCE + Dice on the masks at full reso
 Which parameters train is :attr:`TrainConfig.train_parts`:
 
 * ``"all"`` - everything (a model trained from scratch: its SAM-2 image encoder must learn too);
-* ``"glus"`` - what GLUS trains: the LLM (LoRA elsewhere; here fully), the projectors, the seg projector and
-  SAM-2's mask decoder; the image encoder and memory modules stay frozen and run without gradients.
+* ``"glus"`` - the LLM in full, the projectors, the seg projector and SAM-2's mask decoder; the image encoder
+  and memory modules stay frozen and run without gradients;
+* ``"lora"`` - what GLUS trains (:mod:`model.lora`): LoRA adapters on the LLM's q/v projections, the token
+  embeddings and LM head, the projectors, the seg projector and SAM-2's mask decoder.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .losses import ObjectContrastiveLoss, SegTokenKey, mask_bce, mask_dice, seg
 from .modeling.glus import GlusModel, seg_state_positions
 from .modeling.memory_bank import MemoryBank
 from .preprocessing import clip_pixel_values, sam_pixel_values
-from .prompting import training_prompt
+from .prompting import inference_prompt, training_prompt
 from .tokenizer import GlusTokenizer
 
 logger = logging.getLogger(__name__)
@@ -68,14 +70,32 @@ class TrainConfig:
     contrastive_tau: float = 0.07
     bank_size: int = 512
     num_negatives: int = 128
+    same_video_negatives: bool = False  # always use the anchor video's other objects as negatives (tiny aid)
+    positives_any_frame: bool = False  # the same objects at other query frames are positives too (tiny aid)
     query_frames: int = 4
     expressions_per_video: int = 3
     mem_stride: int = 1
     use_memory_bank: bool = True
-    train_parts: str = "all"  # all | glus
+    train_parts: str = "all"  # all | glus | lora
+    prompt_templates: str = "random"  # random (GLUS: a random question/answer template per round) | inference
     seed: int = 0
     log_every: int = 25
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutputs:
+    """What one teacher-forced pass produced: per row (a video's expression) and query frame."""
+
+    rows: list[tuple[str, TrainingExpression]]
+    seg_states: torch.Tensor  # (R, Q, C_llm) states that predict [SEG]
+    embeddings: torch.Tensor  # (R, Q, C_sam) projected prompt tokens
+    mask_logits: torch.Tensor  # (R, Q, H, W)
+    targets: torch.Tensor  # (R, Q, H, W) bool
+    keys: list[SegTokenKey]
+    ce: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
 
 
 @dataclass
@@ -106,14 +126,25 @@ def sample_clip(
 
 
 def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Parameter]:
+    """The parameters that train, every other one frozen (see :attr:`TrainConfig.train_parts`)."""
     if parts == "all":
         return [p for p in model.parameters()]
-    if parts != "glus":
-        raise ValueError(f"unknown train_parts {parts!r}")
+    if parts not in ("glus", "lora"):
+        raise ValueError(f"unknown train_parts {parts!r}; expected all, glus or lora")
     for p in model.parameters():
         p.requires_grad_(False)
-    modules = [model.language_model, model.multi_modal_projector, model.seg_projector, model.sam.sam_mask_decoder]
-    params = [p for m in modules for p in m.parameters()]
+    modules = [model.multi_modal_projector, model.seg_projector, model.sam.sam_mask_decoder]
+    if parts == "glus":
+        modules.append(model.language_model)
+        params = [p for m in modules for p in m.parameters()]
+    else:
+        from .lora import add_lora, has_lora
+
+        lora = add_lora(model) if not has_lora(model) else [
+            p for n, p in model.language_model.named_parameters() if "lora_" in n
+        ]
+        modules += [model.language_model.get_input_embeddings(), model.language_model.get_output_embeddings()]
+        params = [*lora, *(p for m in modules for p in m.parameters())]
     for p in params:
         p.requires_grad_(True)
     return params
@@ -135,7 +166,12 @@ class Trainer:
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         self.contrastive = ObjectContrastiveLoss(
-            config.bank_size, config.num_negatives, config.contrastive_tau, seed=config.seed
+            config.bank_size,
+            config.num_negatives,
+            config.contrastive_tau,
+            seed=config.seed,
+            same_video_negatives=config.same_video_negatives,
+            positives_any_frame=config.positives_any_frame,
         )
         self.step_index = 0
 
@@ -148,19 +184,18 @@ class Trainer:
             return cfg.lr * max(0.0, 1 - progress)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
-    def train_step(self, videos: list[TrainingVideo]) -> TrainStepStats:
-        started = time.perf_counter()
+    def forward(self, videos: list[TrainingVideo], rng: random.Random | None = None) -> BatchOutputs:
+        """Teacher-forced pass over one batch: sampled clips, the LLM, SAM-2 frame by frame, and the losses.
+
+        Gradients flow as in training; call it under ``torch.no_grad()`` and ``model.eval()`` to evaluate.
+        """
+        rng = rng or self.rng
         cfg, model, mcfg = self.config, self.model, self.model.config
-        model.train()
-        if cfg.train_parts == "glus":  # frozen SAM-2 parts keep eval behaviour (no dropout in memory attention)
-            model.sam.image_encoder.eval()
-            model.sam.memory_attention.eval()
-            model.sam.memory_encoder.eval()
         rows: list[tuple[int, TrainingExpression]] = []
         clips = []
         for v_index, video in enumerate(videos):
             context, query, exprs = sample_clip(
-                video, self.rng, cfg.query_frames, mcfg.context_frames, cfg.expressions_per_video
+                video, rng, cfg.query_frames, mcfg.context_frames, cfg.expressions_per_video
             )
             clips.append((context, query))
             rows.extend((v_index, e) for e in exprs)
@@ -172,12 +207,11 @@ class Trainer:
         )
         sequences, positions = [], []
         for v, expr in rows:
-            ids = torch.tensor(
-                self.tokenizer.encode_prompt(
-                    training_prompt(expr.text, mcfg.context_frames, cfg.query_frames, self.rng)
-                ),
-                device=self.device,
-            )
+            if cfg.prompt_templates == "inference":
+                text = inference_prompt(expr.text, mcfg.context_frames, cfg.query_frames, open_last=False)
+            else:
+                text = training_prompt(expr.text, mcfg.context_frames, cfg.query_frames, rng)
+            ids = torch.tensor(self.tokenizer.encode_prompt(text), device=self.device)
             sequences.append(model.embed_prompt(ids, tokens[v]))
             positions.append(seg_state_positions(ids, self.seg_id, model.visual_tokens_per_image))
         length = max(s.shape[0] for s in sequences)
@@ -194,11 +228,12 @@ class Trainer:
         row_video = [v for v, _ in rows]
         bank = MemoryBank(mcfg.num_maskmem, cfg.mem_stride)
         bce = dice = torch.zeros((), device=self.device)
-        frozen = cfg.train_parts == "glus"
+        frozen = cfg.train_parts != "all"
+        all_logits, all_targets = [], []
         for j in range(cfg.query_frames):
             frames = [videos[v].frames[clips[v][1][j]] for v in range(len(videos))]
             sam_in = sam_pixel_values(frames, model.sam_image_size, mcfg.sam_mean, mcfg.sam_std).to(self.device)
-            with torch.set_grad_enabled(not frozen):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 feats = model.encode_frame(sam_in).select(row_video)
                 memories = bank.read(j) if cfg.use_memory_bank else []
                 conditioned = model.condition_on_memory(feats, memories)
@@ -209,6 +244,8 @@ class Trainer:
             )[:, 0]
             bce = bce + mask_bce(logits, targets) / cfg.query_frames
             dice = dice + mask_dice(logits, targets) / cfg.query_frames
+            all_logits.append(logits)
+            all_targets.append(targets)
             if cfg.use_memory_bank and j + 1 < cfg.query_frames:
                 with torch.no_grad():
                     bank.write(j, model.encode_memory(conditioned.detach(), feats, decoded.lowres_logits.detach()))
@@ -217,8 +254,30 @@ class Trainer:
             for v, e in rows
             for j in range(cfg.query_frames)
         ]
+        return BatchOutputs(
+            rows=[(videos[v].video_id, e) for v, e in rows],
+            seg_states=seg_states,
+            embeddings=embeddings,
+            mask_logits=torch.stack(all_logits, 1),
+            targets=torch.stack(all_targets, 1),
+            keys=keys,
+            ce=ce,
+            bce=bce,
+            dice=dice,
+        )
+
+    def train_step(self, videos: list[TrainingVideo]) -> TrainStepStats:
+        started = time.perf_counter()
+        cfg, model = self.config, self.model
+        model.train()
+        if cfg.train_parts != "all":  # frozen SAM-2 parts keep eval behaviour (no dropout in memory attention)
+            model.sam.image_encoder.eval()
+            model.sam.memory_attention.eval()
+            model.sam.memory_encoder.eval()
+        out = self.forward(videos)
+        ce, bce, dice, embeddings = out.ce, out.bce, out.dice, out.embeddings
         contrastive, anchors = (
-            self.contrastive(embeddings.flatten(0, 1), keys)
+            self.contrastive(embeddings.flatten(0, 1), out.keys)
             if cfg.contrastive_weight > 0
             else (torch.zeros((), device=self.device), 0)
         )

@@ -131,6 +131,13 @@ def test_webhooks_enqueue_and_unknown_actions_are_ignored(backend):
     )
     assert r.status_code == 201 and queues.queue("ingest").count == 2
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).get_json()["status"] == "ignored"
+    # Label Studio's "Start training": only the project in the payload; one queued/running train job per project
+    first = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    assert first.status_code == 201 and first.get_json()["job"].startswith("train-") and first.get_json()["created"]
+    assert again.get_json()["job"] == first.get_json()["job"] and not again.get_json()["created"]
+    assert queues.queue("train").count == 1
+    created.extend(queues.queue("train").job_ids)
     metrics = client.get("/metrics").get_json()
     assert metrics["queues"]["predict"]["queued"] == 1 and metrics["queues"]["ingest"]["queued"] == 2
     created.extend(queues.queue("predict").job_ids + queues.queue("ingest").job_ids)

@@ -191,3 +191,27 @@ def test_max_objects():
         extract_prompts(data, ONE)
     with pytest.raises(PromptError, match="the label values gives 2 objects; the limit is 1"):
         extract_prompts({}, CAR_PERSON, max_objects=1)
+
+
+def test_prompt_without_context_frames_has_no_context_block():
+    from model.prompting import inference_prompt
+
+    with_context = inference_prompt("the red square", 4, 1)
+    without = inference_prompt("the red square", 0, 1)
+    assert with_context.count("<image>") == 5 and without.count("<image>") == 1
+    assert "context frames" in with_context and "context frames" not in without
+    assert without.endswith("result is ")
+
+
+def test_open_prompt_without_trailing_space_ends_on_the_token_that_precedes_seg_in_training():
+    from model.factory import tiny_tokenizer
+    from model.prompting import inference_prompt
+
+    tok = tiny_tokenizer()
+    seg = tok.token_to_id("[SEG]")
+    answered = tok.encode_prompt(inference_prompt("the red square", 4, 1, open_last=False))
+    before_seg = answered[answered.index(seg) - 1]
+    reference = tok.encode_prompt(inference_prompt("the red square", 4, 1))
+    trained = tok.encode_prompt(inference_prompt("the red square", 4, 1, trailing_space=False))
+    assert reference[-1] != before_seg  # the reference's quirk, kept for released checkpoints
+    assert trained[-1] == before_seg and trained == answered[: answered.index(seg)]

@@ -325,3 +325,29 @@ def test_modules_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_glus_benchmark_ablation_rows_compare_and_table_file(tmp_path, capsys):
+    """`glus benchmark --rows ablation --compare NAME=DIR --out FILE`: every ablation row, the compared
+    checkpoint and the baselines, printed and written with the command that made them."""
+    from model.checkpoint import save_pretrained
+    from model.cli import main as glus_main
+    from model.config import get_config, with_sam_image_size
+    from model.factory import random_model
+
+    write_split(tmp_path / "bench", "test", 2, 3, progress=False)
+    config = with_sam_image_size(get_config("glus-tiny"), 64)
+    model, tok = random_model(config, seed=0, seg_logit_bias=20.0)
+    ckpt = save_pretrained(model, tok, tmp_path / "ckpt")
+    out = tmp_path / "table.md"
+    code = glus_main(
+        ["benchmark", "--root", str(tmp_path / "bench"), "--split", "test", "--checkpoint", str(ckpt),
+         "--rows", "ablation", "--compare", f"no-contrastive={ckpt}", "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    for row in ("full", "no-context", "no-memory", "no-kfs", "clip", "no-contrastive", "baseline: all_objects"):
+        assert f"| model: {row} |" in printed or f"| {row} |" in printed or row in printed
+    written = out.read_text()
+    assert written.startswith("<!-- written by: glus benchmark") and "model: no-contrastive" in written
+    assert glus_main(["benchmark", "--root", str(tmp_path / "bench"), "--rows", "full", "--compare", "x"]) == 2

@@ -142,3 +142,75 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     assert report.ok and model.config.seg_hidden_norm == "batchnorm" and model.sam_image_size == 64
     lines = (out / "train_log.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():
+    e = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(3)), dim=-1)
+    keys = [
+        _key("v1", "0", [1], 0),  # anchor
+        _key("v1", "0", [1], 1),  # same expression, other frame: a positive only with positives_any_frame
+        _key("v1", "2", [2], 0),  # same video, other object, same frame: the hard negative
+        *(_key(f"w{i}", "0", [i], 0) for i in range(3)),  # other videos
+    ]
+    plain = ObjectContrastiveLoss(num_negatives=1, seed=0)
+    _, anchors = plain(e, keys)
+    assert anchors == 0  # no other expression of object 1 at frame 0
+    aided = ObjectContrastiveLoss(num_negatives=1, seed=0, same_video_negatives=True, positives_any_frame=True)
+    loss, anchors = aided(e[:1], keys[:1])
+    assert anchors == 0
+    aided.bank.clear()
+    loss, anchors = aided(e, keys)
+    assert anchors == 2  # rows 0 and 1 are each other's positive
+    # with room for one negative, the anchor's own video's other object is always the one kept
+    expected = -torch.log_softmax(torch.stack([e[1] @ e[0], e[2] @ e[0]]) / 0.07, 0)[0]
+    # anchor 1 is at frame 1, where its video has no other object: its one negative is drawn from the rest
+    assert torch.isfinite(loss) and loss.item() > expected.item() / 2
+
+
+def test_inference_templates_put_the_same_answer_before_every_seg(tmp_path):
+    from model.factory import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = random_model_for_tests()
+    trainer = Trainer(model, tok, TrainConfig(prompt_templates="inference", expressions_per_video=2))
+    out = trainer.forward(_toy_videos(0, 2))
+    assert out.seg_states.shape[:2] == (4, 4) and out.mask_logits.shape[:2] == (4, 4)
+    assert torch.isfinite(out.bce) and torch.isfinite(out.dice)
+
+
+def random_model_for_tests():
+    from model.config import get_config, with_sam_image_size
+    from model.factory import random_model
+
+    config = with_sam_image_size(get_config("glus-tiny"), 64)
+    config.seg_hidden_norm = "batchnorm"
+    config.seg_output_norm = "layernorm"
+    model, _ = random_model(config, seed=0)
+    return model
+
+
+def test_seg_output_norm_scales_the_prompt_token_and_is_off_for_glus_7b():
+    from model.config import get_config
+    from model.modeling.seg_projector import SegProjector
+
+    assert get_config("glus-7b").seg_output_norm is None
+    projector = SegProjector(32, 16, "batchnorm", "layernorm").eval()
+    out = projector(torch.randn(5, 32) * 0.01)
+    assert torch.allclose(out.std(-1, unbiased=False), torch.ones(5), atol=1e-2)
+    with pytest.raises(ValueError):
+        type(get_config("glus-tiny"))(seg_output_norm="groupnorm")
+
+
+def test_curriculum_source_starts_with_appearance_only_scenes():
+    from model.synthetic.world import generate_video
+    from model.train_cli import SyntheticTrainingSource
+
+    source = SyntheticTrainingSource(seed=5, curriculum_steps=1)
+    assert source.curriculum_config.p_lookalike == 0 and source.curriculum_config.p_relation == 0
+    batches = source.batches(2, seed=5)
+    first, second = next(batches), next(batches)
+    base = 1_000_000_000 + 5 * 10_000_000
+    assert np.array_equal(first[0].frames, generate_video(base, source.curriculum_config).frames)
+    assert np.array_equal(second[0].frames, generate_video(base + 2, source.config).frames)
+    scenarios = {generate_video(base + i, source.curriculum_config).scenario for i in range(12)}
+    assert scenarios <= {"appearance"}

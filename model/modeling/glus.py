@@ -34,7 +34,9 @@ class GlusModel(nn.Module):
         self.language_model = LlamaForCausalLM(llm_config)
         self.sam = sam2_memory.build_sam2(config.sam2_config, config.sam2_overrides)
         self.sam.sam_mask_decoder.dynamic_multimask_via_stability = config.sam_multimask_fallback
-        self.seg_projector = SegProjector(config.llm_hidden_size, self.sam.hidden_dim, config.seg_hidden_norm)
+        self.seg_projector = SegProjector(
+            config.llm_hidden_size, self.sam.hidden_dim, config.seg_hidden_norm, config.seg_output_norm
+        )
 
     # --- sizes ---
     @property

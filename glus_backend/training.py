@@ -1,0 +1,209 @@
+"""Fine-tuning on annotators' corrections: data snapshot -> LoRA fine-tune -> promotion gate -> model registry.
+
+A training run for a project:
+
+1. **snapshot** - the project's annotated tasks (Label Studio's export, so ``START_TRAINING`` works with nothing
+   stored locally) are written in the MeViS layout under ``MODEL_DIR/data/snapshots/<project>-<id>/`` as two
+   splits: ``heldout`` (a stable ``GLUS_HELDOUT_FRACTION`` of the tasks, chosen by a hash of the task id, so a
+   task never moves between the splits as data grows) and ``train`` (the rest). The id hashes the annotations.
+2. **fine-tune** - ``glus train --train-parts lora`` in a subprocess, from the model currently served: LoRA on
+   the LLM, projectors, ``[SEG]`` projector and SAM-2 mask decoder, GLUS's losses with the memory bank in the
+   loop; saved merged (plus the adapter) in ``MODEL_DIR/versions/.staging/``.
+3. **gate** - the candidate and the current model segment the held-out split; J&F must not drop
+   (:mod:`model.promotion`, tolerance ``GLUS_GATE_TOLERANCE``).
+4. **registry** - the candidate becomes ``MODEL_DIR/versions/<version>/`` with ``version.json`` (parent, data
+   snapshot, gate figures, training settings); it is promoted if it passed. Workers switch between jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .corrections import export_mevis, latest_annotation
+from .registry import ModelRegistry
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDataError(ValueError):
+    """Not enough corrections to train and to hold some out."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    root: Path
+    train_tasks: list[int]
+    heldout_tasks: list[int]
+
+
+TRAIN_FUNC = "glus_backend.jobs.train_from_corrections"
+
+
+def enqueue_training(queues, project_id: int, reason: str):
+    """Put a training run of ``project_id`` on the train queue, unless one is already queued or running: then
+    that one is returned (a second "Start training" click does not start a second run)."""
+    from .queues import TRAIN, Enqueued, make_job_id
+
+    active_key = queues.key("train-active", str(int(project_id)))
+    active = queues.redis.get(active_key)
+    if active:
+        job = queues.fetch(active.decode())
+        status = str(getattr(job.get_status(refresh=True), "value", "")) if job is not None else ""
+        if status in ("queued", "started", "deferred", "scheduled"):
+            return Enqueued(job.id, False, status)
+    job_id = make_job_id(TRAIN, int(project_id), time.time(), uuid.uuid4().hex)
+    queues.redis.set(active_key, job_id, ex=7 * 24 * 3600)
+    return queues.enqueue(
+        TRAIN,
+        TRAIN_FUNC,
+        job_id,
+        {"project_id": int(project_id), "reason": reason},
+        24 * 3600,
+        meta={"project_id": int(project_id), "reason": reason},
+    )
+
+
+def _task_hash(task_id: int) -> int:
+    return int(hashlib.sha256(f"task-{int(task_id)}".encode()).hexdigest()[:8], 16)
+
+
+def split_tasks(task_ids: list[int], heldout_fraction: float) -> tuple[list[int], list[int]]:
+    """``(train, heldout)``: a task is held out when its hash falls in the fraction; at least one of each."""
+    if len(task_ids) < 2:
+        raise TrainingDataError(f"{len(task_ids)} annotated task(s): at least 2 are needed (one is held out)")
+    threshold = heldout_fraction * 0xFFFFFFFF
+    heldout = [t for t in task_ids if _task_hash(t) < threshold]
+    if not heldout:
+        heldout = [min(task_ids, key=_task_hash)]
+    train = [t for t in task_ids if t not in heldout]
+    if not train:
+        keep = max(heldout, key=_task_hash)
+        heldout.remove(keep)
+        train = [keep]
+    return sorted(train), sorted(heldout)
+
+
+def write_snapshot(
+    settings: Settings,
+    project_id: int,
+    tasks: list[dict],
+    label_config: str,
+    frame_loader: Callable[[dict], list],
+    heldout_fraction: float,
+) -> Snapshot:
+    """The MeViS-layout training and held-out splits of a project's annotated tasks."""
+    annotated = [t for t in tasks if latest_annotation(t) is not None]
+    train_ids, heldout_ids = split_tasks([int(t["id"]) for t in annotated], heldout_fraction)
+    fingerprint = sorted(
+        (int(t["id"]), int(a.get("id", 0)), str(a.get("updated_at", "")))
+        for t in annotated
+        for a in [latest_annotation(t)]
+    )
+    snapshot_id = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:12]
+    root = settings.model_dir / "data" / "snapshots" / f"project{project_id}-{snapshot_id}"
+    by_id = {int(t["id"]): t for t in annotated}
+    for split, ids in (("train", train_ids), ("heldout", heldout_ids)):
+        if not (root / split / "meta_expressions.json").is_file():
+            summary = export_mevis(
+                [by_id[i] for i in ids], label_config, root / split, frame_loader, settings.expression_fields
+            )
+            logger.info("snapshot %s/%s: %s", root.name, split, summary)
+    return Snapshot(snapshot_id, root, train_ids, heldout_ids)
+
+
+def _base_training_aids(base: Path) -> list[str]:
+    """Train as the base model was trained: a model trained with the from-scratch aids keeps them."""
+    config_file = base / "train_config.json"
+    if not config_file.is_file():
+        return []
+    train = json.loads(config_file.read_text()).get("train", {})
+    aids = []
+    if train.get("prompt_templates") == "inference":
+        aids += ["--prompt-templates", "inference"]
+    if train.get("same_video_negatives"):
+        aids.append("--contrastive-aids")
+    return aids
+
+
+def fine_tune_command(settings: Settings, base: Path, snapshot: Snapshot, out: Path, device: str) -> list[str]:
+    """The ``glus train`` command line of a fine-tuning run (LoRA, from the served model)."""
+    return [
+        sys.executable, "-m", "model.cli", "train",
+        "--data", str(snapshot.root), "--split", "train",
+        "--init", str(base), "--train-parts", "lora",
+        "--steps", str(settings.train_steps), "--lr", str(settings.train_lr),
+        "--batch-size", str(settings.train_batch_size), "--warmup", str(min(100, settings.train_steps // 10)),
+        "--weight-decay", "0", "--contrastive-weight", str(settings.train_contrastive_weight),
+        "--seed", "0", "--out", str(out), "--device", device,
+        *_base_training_aids(base),
+    ]  # fmt: skip
+
+
+def train_project(
+    settings: Settings,
+    project_id: int,
+    tasks: list[dict],
+    label_config: str,
+    frame_loader: Callable[[dict], list],
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """One training run (see the module docstring); returns what the job status shows."""
+    from model.promotion import promotion_gate
+
+    registry = ModelRegistry(settings.model_dir, settings.checkpoint)
+    say = progress or (lambda stage: None)
+    say("snapshot")
+    snapshot = write_snapshot(settings, project_id, tasks, label_config, frame_loader, settings.heldout_fraction)
+    base = registry.current()
+    staging = settings.model_dir / "versions" / ".staging" / uuid.uuid4().hex[:12]
+    staging.mkdir(parents=True)
+    say("fine-tuning")
+    started = time.perf_counter()
+    command = fine_tune_command(settings, base.path, snapshot, staging, device)
+    with (staging / "train.log").open("w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = (staging / "train.log").read_text()[-2000:]
+        raise RuntimeError(f"fine-tuning failed (exit {code}); end of {staging / 'train.log'}:\n{tail}")
+    train_minutes = (time.perf_counter() - started) / 60
+    say("gate")
+    gate = promotion_gate(staging, base.path, snapshot.root, "heldout", settings.gate_tolerance, device)
+    record = registry.register(
+        staging,
+        {
+            "parent": base.version,
+            "project": project_id,
+            "data_snapshot": snapshot.snapshot_id,
+            "train_tasks": snapshot.train_tasks,
+            "heldout_tasks": snapshot.heldout_tasks,
+            "gate": gate.to_dict(),
+            "train": {"command": command[1:], "minutes": round(train_minutes, 2)},
+        },
+    )
+    if gate.promoted:
+        registry.promote(record.version, reason=f"gate: J&F {gate.candidate_jf:.3f} >= {gate.current_jf:.3f}")
+    say("done")
+    return {
+        "version": record.version,
+        "parent": base.version,
+        "promoted": gate.promoted,
+        "candidate_jf": gate.candidate_jf,
+        "current_jf": gate.current_jf,
+        "heldout_expressions": gate.expressions,
+        "train_tasks": len(snapshot.train_tasks),
+        "heldout_tasks": len(snapshot.heldout_tasks),
+        "data_snapshot": snapshot.snapshot_id,
+        "train_minutes": round(train_minutes, 2),
+    }

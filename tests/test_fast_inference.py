@@ -1,0 +1,116 @@
+"""Exact-mode speedups: the cached, lockstep path gives the reference-style loop's masks."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.inference import SegmentOptions, VideoSegmenter
+from model.reference_loop import reference_style_segment
+from model.video_io import ArrayFrames
+
+EXPRESSIONS = ["the red square", "the ramp on the left"]
+FRAMES = 7  # > query window + 2, so prompts slide and memories are read at a stride
+
+
+def _logits(tiny, video, options, expressions=EXPRESSIONS):
+    """Mask logits per (expression, frame) from the fast path, through the trace hook."""
+    model, tok = tiny
+    order = []
+
+    def keep(step):
+        order.append(step)
+
+    out = {}
+    for e, _, result in VideoSegmenter(model, tok).segment_stream(video, expressions, options, trace=keep):
+        step = order[-1]
+        out[(e, result.frame_index)] = (result.mask, step.mask_logits.clone())
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, moving_square_video):
+    model, tok = tiny
+    return reference_style_segment(model, tok, moving_square_video[:FRAMES], EXPRESSIONS)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SegmentOptions(),
+        SegmentOptions(prefix_cache=False, encode_batch=1, cache_frames=1),
+        SegmentOptions(encode_batch=8, cache_frames=2),
+    ],
+    ids=["default", "no-caches", "small-cache-big-batch"],
+)
+def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, reference, options):
+    fast = _logits(tiny, moving_square_video[:FRAMES], options)
+    worst = 0.0
+    for e, ref in enumerate(reference):
+        for t in range(FRAMES):
+            mask, logits = fast[(e, t)]
+            assert ref["logits"][t] is not None
+            worst = max(worst, float((logits - ref["logits"][t]).abs().max()))
+            assert np.array_equal(mask, ref["masks"][t]), (e, t)
+    assert worst < 1e-3
+
+
+def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, moving_square_video):
+    from model import video_context
+
+    model, tok = tiny
+    created = []
+    original = video_context.VideoContext.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    video_context.VideoContext.__init__ = spy
+    try:
+        segmenter = VideoSegmenter(model, tok)
+        list(segmenter.segment_stream(moving_square_video, EXPRESSIONS, SegmentOptions(cache_frames=32)))
+    finally:
+        video_context.VideoContext.__init__ = original
+    (ctx,) = created
+    n = len(moving_square_video)
+    assert ctx.stats["prefix_fills"] == 1
+    assert ctx.stats["sam_frames_encoded"] == n  # shared by the 3 expressions
+    assert ctx.stats["clip_frames_encoded"] == n  # context frames are among the video's frames
+    assert ctx.stats["llm_positions"] == n * len(EXPRESSIONS)
+
+
+def test_llm_every_k_runs_the_llm_on_every_kth_frame(tiny, moving_square_video):
+    model, tok = tiny
+    steps = []
+    results = list(
+        VideoSegmenter(model, tok).segment_stream(
+            moving_square_video, ["the red square"], SegmentOptions(llm_every=3), trace=steps.append
+        )
+    )
+    assert len(results) == len(moving_square_video)
+    assert [s.frame_index for s in steps] == [0, 3, 6, 9]
+    assert all(r.seg_token_produced for _, _, r in results)
+
+
+def test_frame_source_is_read_lazily_and_boundedly(tiny, moving_square_video):
+    model, tok = tiny
+
+    class CountingFrames(ArrayFrames):
+        reads = 0
+
+        def frame(self, index):
+            CountingFrames.reads += 1
+            return super().frame(index)
+
+    source = CountingFrames(moving_square_video)
+    list(VideoSegmenter(model, tok).segment_stream(source, EXPRESSIONS, SegmentOptions(cache_frames=2)))
+    # each frame is decoded a bounded number of times, independent of the number of expressions
+    assert CountingFrames.reads <= 4 * len(moving_square_video)
+
+
+def test_bad_speed_options_are_refused():
+    with pytest.raises(ValueError):
+        SegmentOptions(llm_every=0)
+    with pytest.raises(ValueError):
+        SegmentOptions(encode_batch=0)
+    torch.manual_seed(0)

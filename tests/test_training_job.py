@@ -1,0 +1,96 @@
+"""A fine-tuning run on corrections: snapshot (train / held-out), LoRA fine-tune, gate, registry."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from glus_backend.registry import ModelRegistry
+from glus_backend.rle import mask_to_rle
+from glus_backend.settings import Settings
+from glus_backend.training import TrainingDataError, split_tasks, train_project
+from model.synthetic.world import generate_video
+
+CONFIG = """<View><Image name="frames" valueList="$frames"/>
+<BrushLabels name="mask" toName="frames"><Label value="Object"/></BrushLabels></View>"""
+
+
+def _task(task_id, video):
+    """A frame-sequence task of a synthetic video, its expressions, and a submitted brush annotation."""
+    n, h, w = video.frames.shape[:3]
+    results = []
+    for k, expr in enumerate(video.expressions[:2]):
+        mask = video.masks[list(expr.object_ids)].any(0)
+        for t in range(n):
+            if mask[t].any():
+                results.append({
+                    "id": f"{k}_{t}_brush", "type": "brushlabels", "from_name": "mask", "to_name": "frames",
+                    "item_index": t, "original_width": w, "original_height": h,
+                    "value": {"format": "rle", "rle": mask_to_rle(mask[t]), "brushlabels": ["Object"]},
+                })  # fmt: skip
+    data = {"frames": [f"f{t}.jpg" for t in range(n)], "expressions": [e.text for e in video.expressions[:2]]}
+    return {"id": task_id, "data": data, "annotations": [{"id": 100 + task_id, "updated_at": "x", "result": results}]}
+
+
+def test_split_is_stable_and_keeps_one_of_each():
+    train, heldout = split_tasks(list(range(1, 21)), 0.2)
+    assert heldout and train and set(train) | set(heldout) == set(range(1, 21))
+    more_train, more_heldout = split_tasks(list(range(1, 41)), 0.2)
+    assert set(heldout) <= set(more_heldout) and set(train) <= set(more_train)  # tasks never change split
+    assert split_tasks([5, 9], 0.0)[1] and split_tasks([5, 9], 1.0)[0]
+    with pytest.raises(TrainingDataError):
+        split_tasks([3], 0.2)
+
+
+def test_train_project_registers_a_gated_version(tmp_path):
+    videos = {i: generate_video(50_000 + i) for i in range(1, 5)}
+    tasks = [_task(i, v) for i, v in videos.items()]
+    settings = replace(
+        Settings(), model_dir=tmp_path / "md", train_steps=3, train_batch_size=2, heldout_fraction=0.25
+    )
+    stages = []
+    summary = train_project(settings, 1, tasks, CONFIG, lambda task: list(videos[task["id"]].frames),
+                            progress=stages.append)
+    assert stages == ["snapshot", "fine-tuning", "gate", "done"]
+    registry = ModelRegistry(settings.model_dir)
+    (record,) = registry.versions()
+    meta = record.metadata
+    assert record.version == summary["version"] and meta["parent"] == summary["parent"]
+    assert meta["gate"]["promoted"] == (meta["gate"]["candidate_jf"] >= meta["gate"]["current_jf"])
+    assert (registry.current().version == record.version) == summary["promoted"]
+    assert summary["train_tasks"] + summary["heldout_tasks"] == 4 and summary["heldout_expressions"] >= 1
+    assert (record.path / "lora_adapter.safetensors").is_file() and (record.path / "train.log").is_file()
+    snapshot = settings.model_dir / "data" / "snapshots" / f"project1-{summary['data_snapshot']}"
+    held = json.loads((snapshot / "heldout" / "meta_expressions.json").read_text())["videos"]
+    assert sorted(held) == sorted(f"task{i}" for i in meta["heldout_tasks"])
+    # the fine-tuning command keeps the bundled model's training aids (it was trained with them)
+    command = meta["train"]["command"]
+    assert "--train-parts" in command and "lora" in command and "--contrastive-aids" in command
+
+
+def test_too_few_corrections_is_a_clear_error(tmp_path):
+    video = generate_video(50_001)
+    settings = replace(Settings(), model_dir=tmp_path / "md")
+    with pytest.raises(TrainingDataError, match="at least 2"):
+        train_project(settings, 1, [_task(1, video)], CONFIG, lambda task: list(video.frames))
+
+
+def test_every_n_corrections_enqueue_one_training_run(redis_prefix, tmp_path):
+    from types import SimpleNamespace
+
+    from glus_backend.jobs import _count_correction
+    from glus_backend.queues import JobQueues
+    from tests.conftest import test_redis_url
+
+    redis, prefix, created = redis_prefix
+    settings = replace(Settings(), redis_url=test_redis_url(), queue_prefix=prefix, model_dir=tmp_path, train_every=3)
+    runtime = SimpleNamespace(settings=settings, redis=redis, queues=JobQueues(redis, settings))
+    outcomes = [_count_correction(runtime, 7) for _ in range(3)]
+    assert [o["corrections_since_training"] for o in outcomes] == [1, 2, 3]
+    assert "train_job" not in outcomes[1] and outcomes[2]["train_job"].startswith("train-")
+    assert runtime.queues.queue("train").count == 1
+    # while that run is queued, more corrections do not pile up more runs
+    again = [_count_correction(runtime, 7) for _ in range(3)]
+    assert again[2]["train_job"] == outcomes[2]["train_job"] and runtime.queues.queue("train").count == 1
+    assert _count_correction(SimpleNamespace(settings=replace(settings, train_every=0)), 7) == {}
+    created.extend(runtime.queues.queue("train").job_ids)
