@@ -56,7 +56,8 @@ class _LruCache:
 
 
 class FramePrefetcher:
-    """Decodes frames ahead of use on one background thread; holds at most ``depth`` decoded frames."""
+    """Decodes frames ahead of use on one background thread (the only thread that reads the source); holds at
+    most ``depth`` decoded frames."""
 
     def __init__(self, source: FrameSource, depth: int = 8) -> None:
         self.source = source
@@ -76,8 +77,12 @@ class FramePrefetcher:
                 self._pending[index] = self._executor.submit(self._decode, index)
 
     def frame(self, index: int) -> np.ndarray:
+        """The decoded frame. Every decode runs on the one background thread, so a source that is not
+        thread-safe (a seeking video reader, a frame cache) is never used from two threads at once."""
         future = self._pending.pop(index, None)
-        return future.result() if future is not None else self._decode(index)
+        if future is None:
+            future = self._executor.submit(self._decode, index)
+        return future.result()
 
     def close(self) -> None:
         for future in self._pending.values():

@@ -114,3 +114,34 @@ def test_bad_speed_options_are_refused():
     with pytest.raises(ValueError):
         SegmentOptions(encode_batch=0)
     torch.manual_seed(0)
+
+
+def test_the_frame_source_is_only_read_from_one_thread(tiny, moving_square_video):
+    """Video readers seek and frame caches mutate: the prefetcher must never read them concurrently."""
+    import threading
+
+    model, tok = tiny
+
+    class OneThreadFrames(ArrayFrames):
+        threads = set()
+        active = 0
+        overlaps = 0
+        lock = threading.Lock()
+
+        def frame(self, index):
+            cls = OneThreadFrames
+            with cls.lock:
+                cls.active += 1
+                cls.overlaps += cls.active > 1
+                cls.threads.add(threading.get_ident())
+            try:
+                import time
+
+                time.sleep(0.002)  # widen the window a concurrent read would fall into
+                return super().frame(index)
+            finally:
+                with cls.lock:
+                    cls.active -= 1
+
+    list(VideoSegmenter(model, tok).segment_stream(OneThreadFrames(moving_square_video), EXPRESSIONS))
+    assert OneThreadFrames.overlaps == 0 and len(OneThreadFrames.threads) == 1
