@@ -1,7 +1,7 @@
 """The whole benchmark suite in one run: inference speed vs the reference-style loop, memory vs video length,
 brush-RLE encoding vs the SDK, J&F speed, and the backend end to end through the queue.
 
-    python bench/run_all.py            # everything (about 10 minutes on a 2-core CPU)
+    python bench/run_all.py            # everything (about 15 minutes on a 2-core CPU)
     python bench/run_all.py --quick    # shorter videos, fewer rounds
 
 Each part is its own script (run them alone for their options); this runs them one after another in fresh
