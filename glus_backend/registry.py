@@ -72,6 +72,10 @@ class ModelRegistry:
             path = self.versions_dir / name
             if (path / "config.json").is_file():
                 return ModelVersion(name, path, "registry")
+        return self.base()
+
+    def base(self) -> ModelVersion:
+        """What is served when no version is promoted: ``GLUS_CHECKPOINT``, else the bundled model."""
         if self.default_checkpoint is not None:
             return ModelVersion(version_of(self.default_checkpoint), self.default_checkpoint, "checkpoint")
         bundled = bundled_checkpoint()
@@ -120,9 +124,7 @@ class ModelRegistry:
         tmp = self.versions_dir / f".CURRENT.{os.getpid()}"
         tmp.write_text(version + "\n")
         os.replace(tmp, self.versions_dir / "CURRENT")  # atomic: readers see the old or the new name
-        with self.history_file.open("a") as history:
-            history.write(json.dumps({"version": version, "previous": previous, "at": time.time(), "reason": reason}))
-            history.write("\n")
+        self._record(version, previous, reason)
         return ModelVersion(version, path, "registry")
 
     def rollback(self, version: str | None = None) -> ModelVersion:
@@ -135,15 +137,17 @@ class ModelRegistry:
         registered = {r.version for r in self.versions()}
         if version in registered:
             return self.promote(version, reason="rollback")
-        pointer = self.versions_dir / "CURRENT"
-        pointer.unlink(missing_ok=True)  # back to GLUS_CHECKPOINT or the bundled model
-        current = self.current()
-        if current.version != version:
+        base = self.base()
+        if base.version != version:  # checked before anything changes: a bad name leaves the served version
             raise ValueError(f"unknown version {version!r}; registered: {sorted(registered)}")
+        (self.versions_dir / "CURRENT").unlink(missing_ok=True)  # back to GLUS_CHECKPOINT or the bundled model
+        self._record(version, None, "rollback")
+        return base
+
+    def _record(self, version: str, previous: str | None, reason: str) -> None:
         with self.history_file.open("a") as history:
-            history.write(json.dumps({"version": version, "previous": None, "at": time.time(), "reason": "rollback"}))
+            history.write(json.dumps({"version": version, "previous": previous, "at": time.time(), "reason": reason}))
             history.write("\n")
-        return current
 
     def _history(self) -> list[dict]:
         if not self.history_file.is_file():

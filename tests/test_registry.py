@@ -43,6 +43,10 @@ def test_bad_versions_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown version"):
         registry.rollback("glus-tiny-deadbeef")
     record = registry.register(_checkpoint(tmp_path / "r", "x"), {})
+    registry.promote(record.version)
+    with pytest.raises(ValueError, match="unknown version"):
+        registry.rollback("glus-tiny-deadbeef")
+    assert registry.current().version == record.version  # a bad rollback changes nothing
     with pytest.raises(ValueError, match="already registered"):
         registry.register(_checkpoint(tmp_path / "r2", "x"), {})
     assert record.version.startswith("glus-tiny-")
