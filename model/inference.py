@@ -293,13 +293,12 @@ class VideoSegmenter:
                 if not run_llm and last_llm[e] is not None:
                     per_expression.append(None)  # reuse the last [SEG] prompt: SAM-2 memory propagates it
                     continue
-                if options.schedule == "sliding":
-                    ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), True, prompt_cache)
-                    hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
+                open_last = options.schedule == "sliding"  # sliding: the last prompt position predicts [SEG]
+                ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), open_last, prompt_cache)
+                hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
+                if open_last:
                     state_positions = torch.tensor([hidden.shape[0] - 1], device=hidden.device)
                 else:
-                    ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), False, prompt_cache)
-                    hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
                     state_positions = seg_state_positions(ids, self.seg_token_id, self.model.visual_tokens_per_image)
                 states = hidden[state_positions]
                 logits = self.model.token_logits(states)
@@ -309,18 +308,17 @@ class VideoSegmenter:
                 per_expression.append((ids, hidden, logits, produced, seg_probability, embeddings))
             for k, position in enumerate(positions):
                 frame_index = stream[position]
-                feats = video.sam_features(frame_index, stream[position + 1 : position + video.encode_batch])
+                prompts = []  # (embedding or None, P([SEG]), trace) per expression
                 for e in range(len(expressions)):
                     llm = per_expression[e]
+                    step_trace = None
                     if llm is None:
                         embedding, probability = last_llm[e]
-                        step_trace = None
                     else:
                         ids, hidden, logits, produced, seg_probability, embeddings = llm
                         embedding = embeddings[k] if produced[k] else None
                         probability = float(seg_probability[k])
                         last_llm[e] = (embedding, probability)
-                        step_trace = None
                         if trace is not None:
                             step_trace = StepTrace(
                                 position,
@@ -331,6 +329,12 @@ class VideoSegmenter:
                                 embeddings[k],
                                 banks[e].read_positions(position) if use_memory else [],
                             )
+                    prompts.append((embedding, probability, step_trace))
+                # SAM-2 image features only for a frame some expression prompts (an absent target needs none)
+                feats = None
+                if any(embedding is not None for embedding, _, _ in prompts):
+                    feats = video.sam_features(frame_index, stream[position + 1 : position + video.encode_batch])
+                for e, (embedding, probability, step_trace) in enumerate(prompts):
                     outcome = self._segment_frame(
                         video, frame_index, position, feats, embedding, banks[e], use_memory, step_trace
                     )
@@ -344,7 +348,7 @@ class VideoSegmenter:
         video: VideoContext,
         frame_index: int,
         position: int,
-        feats: FrameFeatures,
+        feats: FrameFeatures | None,
         seg_embedding: torch.Tensor | None,
         bank: MemoryBank,
         use_memory: bool,

@@ -79,6 +79,28 @@ def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, mov
     assert ctx.stats["llm_positions"] == n * len(EXPRESSIONS)
 
 
+def test_frames_no_expression_prompts_are_not_encoded_by_sam2(moving_square_video):
+    from model import video_context
+    from model.factory import random_model
+
+    model, tok = random_model("glus-tiny", seed=0, seg_logit_bias=-20.0)  # the LLM never predicts [SEG]
+    created = []
+    original = video_context.VideoContext.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    video_context.VideoContext.__init__ = spy
+    try:
+        results = list(VideoSegmenter(model, tok).segment_stream(moving_square_video[:5], EXPRESSIONS))
+    finally:
+        video_context.VideoContext.__init__ = original
+    assert len(results) == 5 * len(EXPRESSIONS)
+    assert all(r.absent_reason == "no_seg_token" and r.mask.shape == (96, 128) for _, _, r in results)
+    assert created[0].stats["sam_frames_encoded"] == 0 and created[0].stats["clip_frames_encoded"] == 5
+
+
 def test_llm_every_k_runs_the_llm_on_every_kth_frame(tiny, moving_square_video):
     model, tok = tiny
     steps = []
