@@ -58,19 +58,14 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
+def cmd_switch_version(args: argparse.Namespace) -> int:
+    """``promote VERSION`` or ``rollback [VERSION]``: change the version served."""
+    registry = _registry()
     try:
-        version = _registry().promote(args.version, reason="promoted by hand")
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
-    print(f"serving {version.version}")
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    try:
-        version = _registry().rollback(args.version)
+        if args.command == "promote":
+            version = registry.promote(args.version, reason="promoted by hand")
+        else:
+            version = registry.rollback(args.version)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
@@ -213,23 +208,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         queues = JobQueues(Redis.from_url(settings.redis_url), settings)
         print(json.dumps(enqueue_training(queues, args.project, "command").__dict__))
         return 0
-    from .corrections import task_frame_loader
-    from .training import TrainingDataError, train_project
+    from .training import TrainingDataError, train_from_label_studio
 
     client = _client_from(args, settings)
     if client is None:
         return 2
-    project = client.get_project(args.project)
-    tasks = client.export_tasks(args.project)
     try:
-        summary = train_project(
-            settings,
-            args.project,
-            tasks,
-            project["label_config"],
-            task_frame_loader(client, settings, project["label_config"]),
-            device=args.device,
-            progress=lambda stage: logger.info("training: %s", stage),
+        summary = train_from_label_studio(
+            settings, client, args.project, args.device, lambda stage: logger.info("training: %s", stage)
         )
     except TrainingDataError as exc:
         logger.error("%s", exc)
@@ -277,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     versions.set_defaults(func=cmd_versions)
     promote = sub.add_parser("promote", help="serve a registered version")
     promote.add_argument("version")
-    promote.set_defaults(func=cmd_promote)
+    promote.set_defaults(func=cmd_switch_version)
     rollback = sub.add_parser("rollback", help="undo the last promotion, or serve VERSION")
     rollback.add_argument("version", nargs="?", default=None)
-    rollback.set_defaults(func=cmd_rollback)
+    rollback.set_defaults(func=cmd_switch_version)
 
     imp = sub.add_parser("import-videos", help="turn videos into frame-sequence tasks in a Label Studio project")
     from .video_import import add_import_arguments

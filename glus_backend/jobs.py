@@ -253,31 +253,21 @@ def _count_correction(runtime: WorkerRuntime, project_id: Any) -> dict:
 def train_from_corrections(payload: dict) -> dict:
     """The ``train`` job: fine-tune on the project's corrections, gate, register, promote (``START_TRAINING``,
     every ``GLUS_TRAIN_EVERY`` corrections, or ``glus-backend train --enqueue``)."""
-    from .corrections import task_frame_loader
-    from .training import TrainingDataError, train_project
+    from .training import TrainingDataError, train_from_label_studio
 
     runtime = current_runtime()
     project_id = int(payload["project_id"])
     client = runtime.label_studio()
     if client is None:
         raise PermanentJobError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the annotations")
-    project = client.get_project(project_id)
-    tasks = client.export_tasks(project_id)
     progress = _Progress()
-    device = runtime.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return train_project(
+        return train_from_label_studio(
             runtime.settings,
+            client,
             project_id,
-            tasks,
-            project["label_config"],
-            task_frame_loader(client, runtime.settings, project["label_config"]),
-            device=device,
-            progress=lambda stage: progress.update(stage, force=True),
+            runtime.resolved_device(),
+            lambda stage: progress.update(stage, force=True),
         )
     except TrainingDataError as exc:
         raise PermanentJobError(str(exc)) from exc

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corrections import export_mevis, latest_annotation
+from .corrections import export_mevis, latest_annotation, task_frame_loader
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -207,3 +207,25 @@ def train_project(
         "data_snapshot": snapshot.snapshot_id,
         "train_minutes": round(train_minutes, 2),
     }
+
+
+def train_from_label_studio(
+    settings: Settings,
+    client,
+    project_id: int,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`train_project` on the project's annotated tasks as Label Studio exports them (what
+    ``START_TRAINING`` and ``glus-backend train`` run), media fetched as the workers fetch it."""
+    project = client.get_project(project_id)
+    label_config = project["label_config"]
+    return train_project(
+        settings,
+        project_id,
+        client.export_tasks(project_id),
+        label_config,
+        task_frame_loader(client, settings, label_config),
+        device=device,
+        progress=progress,
+    )

@@ -74,15 +74,21 @@ class WorkerRuntime:
             self._loaded = LoadedModel(current, self._load(current))
         return self._loaded
 
+    def resolved_device(self) -> str:
+        """``GLUS_DEVICE`` / ``--device`` with ``auto`` made concrete (CUDA when there is one)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def _load(self, version: ModelVersion) -> Any:
         import torch
 
         from model.cli import load_model
         from model.inference import VideoSegmenter
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = self.resolved_device()
         precision = self.settings.precision
         if precision == "auto":
             precision = "bf16" if device.startswith("cuda") else "fp32"

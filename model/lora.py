@@ -52,6 +52,11 @@ def add_lora(model: GlusModel, settings: LoraSettings | None = None) -> list[nn.
         target_modules=list(settings.target_modules),
     )
     inject_adapter_in_model(config, model.language_model)
+    return lora_parameters(model)
+
+
+def lora_parameters(model: GlusModel) -> list[nn.Parameter]:
+    """The adapter parameters (``lora_A`` / ``lora_B``) of the language model; empty without adapters."""
     return [p for n, p in model.language_model.named_parameters() if "lora_" in n]
 
 

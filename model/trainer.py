@@ -138,11 +138,9 @@ def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Paramete
         modules.append(model.language_model)
         params = [p for m in modules for p in m.parameters()]
     else:
-        from .lora import add_lora, has_lora
+        from .lora import add_lora, has_lora, lora_parameters
 
-        lora = add_lora(model) if not has_lora(model) else [
-            p for n, p in model.language_model.named_parameters() if "lora_" in n
-        ]
+        lora = lora_parameters(model) if has_lora(model) else add_lora(model)
         modules += [model.language_model.get_input_embeddings(), model.language_model.get_output_embeddings()]
         params = [*lora, *(p for m in modules for p in m.parameters())]
     for p in params:
