@@ -6,8 +6,10 @@ In one run, on one video with several expressions:
   prompt images every step, whole-prompt prefill and ``generate`` every step, SAM-2 image features once per
   expression (what the reference inference script does);
 * ``exact``: :class:`model.inference.VideoSegmenter` with its defaults (prompt-prefix KV cache, per-video
-  CLIP / SAM-2 feature caches shared by the expressions, batched encoders, one forward per step, prefetch);
-  its masks must equal the reference's: the max abs mask-logit difference is printed;
+  CLIP / SAM-2 feature caches shared by the expressions, batched encoders, the expressions' prompt suffixes
+  through the LLM as one right-padded batch, one forward per step, prefetch); its masks must equal the
+  reference's: the max abs mask-logit difference is printed. ``exact, unbatched LLM`` is the same path with
+  one LLM forward per expression (to show what the batching adds);
 * throughput modes (not exact): ``clip`` schedule, ``llm_every=2`` and ``llm_every=4``, with their mask IoU
   against the exact masks.
 
@@ -154,6 +156,7 @@ def main() -> None:
         rows.append({"mode": "reference-style loop", "seconds": reference_seconds, "iou_vs_exact": 1.0})
     rows.append({"mode": "exact (default)", "seconds": exact_seconds, "iou_vs_exact": 1.0})
     for name, options in (
+        ("exact, unbatched LLM", {"batch_expressions": False}),
         ("clip schedule", {"schedule": "clip"}),
         ("llm_every=2", {"llm_every": 2}),
         ("llm_every=4", {"llm_every": 4}),

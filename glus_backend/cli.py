@@ -182,7 +182,10 @@ def _client_from(args: argparse.Namespace, settings: Settings):
 
 
 def cmd_export_mevis(args: argparse.Namespace) -> int:
-    from .corrections import export_mevis, task_frame_loader
+    """Pull a project's annotations through the API into a MeViS-layout set (default: the project's correction
+    set under MODEL_DIR, which the ingest jobs keep up to date)."""
+    from .correction_set import CorrectionSet
+    from .corrections import task_frame_loader
 
     settings = Settings.from_env()
     client = _client_from(args, settings)
@@ -191,8 +194,9 @@ def cmd_export_mevis(args: argparse.Namespace) -> int:
     project = client.get_project(args.project)
     tasks = client.export_tasks(args.project)
     frames_of = task_frame_loader(client, settings, project["label_config"])
-    summary = export_mevis(tasks, project["label_config"], Path(args.out), frames_of, settings.expression_fields)
-    print(json.dumps(summary, indent=2))
+    target = CorrectionSet(args.out) if args.out else CorrectionSet.of_project(settings.model_dir, args.project)
+    summary = target.rebuild(tasks, project["label_config"], frames_of, settings.expression_fields)
+    print(json.dumps({"set": str(target.root), **summary}, indent=2))
     return 0
 
 
@@ -221,6 +225,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 2
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    """Enqueue predictions with the served version for a project's unannotated tasks."""
+    from redis import Redis
+
+    from .queues import JobQueues
+    from .relabel import relabel_project
+
+    settings = Settings.from_env()
+    client = _client_from(args, settings)
+    if client is None:
+        return 2
+    version = _registry().current().version
+    queues = JobQueues(Redis.from_url(settings.redis_url), settings)
+    summary = relabel_project(queues, client, args.project, version)
+    print(json.dumps({k: v for k, v in summary.items() if k != "jobs"}, indent=2))
     return 0
 
 
@@ -282,9 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
-    export = sub.add_parser("export-mevis", help="a project's annotations as a MeViS-layout data set")
+    export = sub.add_parser(
+        "export-mevis", help="pull a project's annotations into its MeViS-layout correction set (or --out)"
+    )
     export.add_argument("--project", type=int, required=True)
-    export.add_argument("--out", required=True, help="output split folder (JPEGImages/, meta_expressions.json, ...)")
+    export.add_argument(
+        "--out", default=None, help="split folder to write (default: MODEL_DIR/data/mevis/project_<id>)"
+    )
     export.add_argument("--label-studio-url", default=None)
     export.add_argument("--api-key", default=None)
     export.set_defaults(func=cmd_export_mevis)
@@ -296,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-studio-url", default=None)
     train.add_argument("--api-key", default=None)
     train.set_defaults(func=cmd_train)
+
+    relabel = sub.add_parser("relabel", help="re-predict a project's unannotated tasks with the served version")
+    relabel.add_argument("--project", type=int, required=True)
+    relabel.add_argument("--label-studio-url", default=None)
+    relabel.add_argument("--api-key", default=None)
+    relabel.set_defaults(func=cmd_relabel)
     return parser
 
 

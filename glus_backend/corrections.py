@@ -12,25 +12,22 @@ when an annotator edits it); the region's label if exactly one object carries it
 single-object task. Regions that fit no object are reported, not guessed. Several regions of one object on
 one frame are joined (logical OR).
 
-``export_mevis`` writes a project's annotated tasks as ``JPEGImages/<video>/<frame>.jpg``,
-``meta_expressions.json`` and ``mask_dict.json`` (COCO RLE per frame, ``null`` where the object is absent):
-the format the evaluation and training code reads.
+:mod:`.correction_set` writes decoded corrections in the MeViS layout, the format the training and evaluation
+code reads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .label_config import ServedConfig, parse_label_config
-from .prompts import ObjectPrompt, extract_prompts
+from .prompts import ObjectPrompt
 from .rle import rle_to_mask
 
 logger = logging.getLogger(__name__)
@@ -147,57 +144,9 @@ def latest_annotation(task: dict) -> dict | None:
     return max(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or "")))
 
 
-def export_mevis(tasks: list[dict], label_config: str, out_dir: Path, frame_loader, expression_fields=None) -> dict:
-    """Write annotated tasks in the MeViS layout under ``out_dir``.
-
-    ``frame_loader(task) -> list[np.ndarray RGB]`` gives a task's frames (fetched through Label Studio).
-    """
-    from model.datasets.masks import encode_rle
-
-    config = parse_label_config(label_config)
-    fields = tuple(expression_fields or ("expressions", "expression", "prompt"))
-    images = out_dir / "JPEGImages"
-    meta: dict = {"videos": {}}
-    mask_dict: dict[str, list] = {}
-    anno_id = 0
-    summary = {"tasks": 0, "expressions": 0, "skipped": [], "unassigned_regions": 0}
-    for task in tasks:
-        annotation = latest_annotation(task)
-        if annotation is None:
-            continue
-        prompts = extract_prompts(task.get("data") or {}, config, fields)
-        frames = frame_loader(task)
-        height, width = frames[0].shape[:2]
-        decoded = decode_annotation(annotation.get("result") or [], config, prompts, (height, width), len(frames))
-        summary["unassigned_regions"] += len(decoded.unassigned)
-        video_id = f"task{task['id']}"
-        names = [f"{i:05d}" for i in range(len(frames))]
-        (images / video_id).mkdir(parents=True, exist_ok=True)
-        for name, frame in zip(names, frames):
-            cv2.imwrite(str(images / video_id / f"{name}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        expressions = {}
-        for i, obj in enumerate(decoded.objects):
-            for t, mask in list(obj.frames.items()):
-                if mask.shape != (height, width):  # results drawn on differently sized copies of the frames
-                    obj.frames[t] = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST).astype(bool)
-            mask_dict[str(anno_id)] = [
-                encode_rle(obj.frames[t]) if t in obj.frames and obj.frames[t].any() else None
-                for t in range(len(frames))
-            ]
-            expressions[str(i)] = {"exp": obj.prompt.expression, "obj_id": [i], "anno_id": [anno_id]}
-            anno_id += 1
-        meta["videos"][video_id] = {"frames": names, "expressions": expressions}
-        summary["tasks"] += 1
-        summary["expressions"] += len(expressions)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta_expressions.json").write_text(json.dumps(meta))
-    (out_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
-    return summary
-
-
 def task_frame_loader(client, settings, label_config: str):
-    """``frame_loader(task) -> list of RGB frames`` for :func:`export_mevis`, fetched as the workers fetch media
-    (Label Studio uploads, local files, URLs), cached under ``MODEL_DIR/cache/media``."""
+    """``frame_loader(task) -> list of RGB frames`` for a :class:`~.correction_set.CorrectionSet`, fetched as the
+    workers fetch media (Label Studio uploads, local files, URLs), cached under ``MODEL_DIR/cache/media``."""
     from model.video_io import VideoFile
 
     from .media import resolve_media

@@ -221,16 +221,37 @@ def ingest_annotation(payload: dict) -> dict:
     project = payload.get("project") or {}
     if not annotation.get("id") or not task.get("id"):
         raise PermanentJobError("webhook payload without annotation or task id")
-    path = _annotation_path(runtime.settings.model_dir, project.get("id"), task.get("id"), annotation["id"])
+    settings = runtime.settings
+    path = _annotation_path(settings.model_dir, project.get("id"), task.get("id"), annotation["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"annotation": annotation, "task": task, "project": project}, indent=1))
     tmp.replace(path)
+    summary = {"stored": str(path), "results": len(annotation.get("result") or []), "action": payload.get("action")}
+    if project.get("id") is not None and not annotation.get("was_cancelled"):
+        summary.update(_add_to_correction_set(runtime, int(project["id"]), task, annotation, project))
+    return {**summary, **_count_correction(runtime, project.get("id"))}
+
+
+def _add_to_correction_set(runtime: WorkerRuntime, project_id: int, task: dict, annotation: dict, project: dict):
+    """Decode the correction into the project's MeViS-layout training set (it replaces the task's entry)."""
+    from .correction_set import CorrectionSet
+    from .corrections import task_frame_loader
+
+    label_config = project.get("label_config") or ""
+    try:
+        parse_label_config(label_config)
+        frames = task_frame_loader(runtime.label_studio(), runtime.settings, label_config)(task)
+        entry = CorrectionSet.of_project(runtime.settings.model_dir, project_id).put(
+            task, annotation, label_config, frames, runtime.settings.expression_fields
+        )
+    except (UnsupportedLabelConfig, PromptError) as exc:
+        raise PermanentJobError(f"task {task.get('id')}: correction stored but not usable for training: {exc}") from exc
     return {
-        "stored": str(path),
-        "results": len(annotation.get("result") or []),
-        "action": payload.get("action"),
-        **_count_correction(runtime, project.get("id")),
+        "correction_set": f"project_{project_id}",
+        "expressions": len(entry["expressions"]),
+        "frames_with_masks": sum(m is not None for masks in entry["masks"].values() for m in masks),
+        "unassigned_regions": len(entry["unassigned_regions"]),
     }
 
 
@@ -262,7 +283,7 @@ def train_from_corrections(payload: dict) -> dict:
         raise PermanentJobError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the annotations")
     progress = _Progress()
     try:
-        return train_from_label_studio(
+        summary = train_from_label_studio(
             runtime.settings,
             client,
             project_id,
@@ -271,15 +292,31 @@ def train_from_corrections(payload: dict) -> dict:
         )
     except TrainingDataError as exc:
         raise PermanentJobError(str(exc)) from exc
+    if summary["promoted"] and runtime.settings.relabel_on_promote:
+        from .ls_client import LabelStudioError
+        from .relabel import relabel_project
+
+        try:
+            relabel = relabel_project(runtime.queues, client, project_id, summary["version"])
+            summary["relabel"] = {k: relabel[k] for k in ("tasks", "annotated", "enqueued")}
+        except LabelStudioError as exc:  # the promotion stands; `glus-backend relabel` can be run later
+            logger.error("re-labeling project %s after the promotion failed: %s", project_id, exc)
+            summary["relabel"] = {"error": str(exc)}
+    return summary
 
 
 def delete_annotations(payload: dict) -> dict:
     """Remove stored corrections of deleted annotations (ANNOTATIONS_DELETED)."""
+    from .correction_set import CorrectionSet
+
     runtime = current_runtime()
     root = runtime.settings.model_dir / "data" / "annotations"
-    removed = []
+    sets = [CorrectionSet(p) for p in sorted((runtime.settings.model_dir / "data" / "mevis").glob("project_*"))]
+    removed, tasks_removed = [], []
     for annotation_id in payload.get("annotation_ids") or []:
         for path in root.glob(f"project_*/task_*/annotation_{annotation_id}.json"):
             path.unlink()
             removed.append(str(path))
-    return {"removed": removed}
+        for corrections in sets:
+            tasks_removed += corrections.remove_annotation(annotation_id)
+    return {"removed": removed, "tasks_removed_from_training_sets": tasks_removed}

@@ -328,6 +328,10 @@ class LabelStudioClient:
         """GET /api/predictions?task=<id> (LS 1.23.2 filters on ``task``, ``project``, ``task__project``)."""
         return self._paginated("/api/predictions", {"task": int(task_id)})
 
+    def list_project_predictions(self, project_id: int) -> list[dict]:
+        """GET /api/predictions?project=<id>: every prediction of a project (the export lists only their ids)."""
+        return self._paginated("/api/predictions", {"project": int(project_id)})
+
     def export_tasks(self, project_id: int, all_tasks: bool = False) -> list[dict]:
         """Tasks with their annotations (and predictions) via GET /api/projects/<id>/export?exportType=JSON.
 

@@ -23,6 +23,10 @@ from .settings import Settings
 
 PREDICT, INGEST, TRAIN = "predict", "ingest", "train"
 QUEUE_KINDS = (PREDICT, INGEST, TRAIN)
+PREDICT_FUNC = "glus_backend.jobs.predict_task"
+INGEST_FUNC = "glus_backend.jobs.ingest_annotation"
+DELETE_FUNC = "glus_backend.jobs.delete_annotations"
+TRAIN_FUNC = "glus_backend.jobs.train_from_corrections"
 PENDING_MODEL_VERSION = "pending"
 
 
@@ -102,6 +106,32 @@ class JobQueues:
             description=f"{kind} {meta or ''}",
         )
         return Enqueued(job_id, True, JobStatus.QUEUED.value)
+
+    def enqueue_prediction(
+        self, task: dict, label_config: str, project_id: int | None, model_version: str, context: Any = None
+    ) -> Enqueued:
+        """A ``predict`` job for one Label Studio task, made with ``model_version`` (the same request is one job)."""
+        data = task.get("data") or {}
+        task_id = int(task["id"])
+        scope = (self.settings.label_studio_url, project_id)
+        job_id = predict_job_id(task_id, data, context, label_config, model_version, scope)
+        payload = {
+            "task_id": task_id,
+            "project_id": project_id,
+            "data": data,
+            "label_config": label_config,
+            "context": context,
+            "model_version": model_version,
+            "job_id": job_id,
+        }
+        return self.enqueue(
+            PREDICT,
+            PREDICT_FUNC,
+            job_id,
+            payload,
+            self.settings.predict_timeout,
+            meta={"task_id": task_id, "project_id": project_id},
+        )
 
     def release_claim(self, job_id: str) -> None:
         """Forget a job id so that the same request can be enqueued again (used by `retry`)."""

@@ -20,16 +20,23 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
-from .queues import INGEST, PENDING_MODEL_VERSION, PREDICT, TRAIN, JobQueues, job_view, make_job_id, predict_job_id
+from .queues import (
+    DELETE_FUNC,
+    INGEST,
+    INGEST_FUNC,
+    PENDING_MODEL_VERSION,
+    PREDICT,
+    TRAIN,
+    JobQueues,
+    job_view,
+    make_job_id,
+)
 from .registry import ModelRegistry, NoModelError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MODEL_CLASS = "GLUS"
-PREDICT_FUNC = "glus_backend.jobs.predict_task"
-INGEST_FUNC = "glus_backend.jobs.ingest_annotation"
-DELETE_FUNC = "glus_backend.jobs.delete_annotations"
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,28 +80,7 @@ class BackendService:
         return version
 
     def enqueue_prediction(self, task: dict, label_config: str, project_id: int | None, context: Any = None):
-        version = self.model_version()
-        data = task.get("data") or {}
-        task_id = int(task["id"])
-        scope = (self.settings.label_studio_url, project_id)
-        job_id = predict_job_id(task_id, data, context, label_config, version, scope)
-        payload = {
-            "task_id": task_id,
-            "project_id": project_id,
-            "data": data,
-            "label_config": label_config,
-            "context": context,
-            "model_version": version,
-            "job_id": job_id,
-        }
-        return self.queues.enqueue(
-            PREDICT,
-            PREDICT_FUNC,
-            job_id,
-            payload,
-            self.settings.predict_timeout,
-            meta={"task_id": task_id, "project_id": project_id},
-        )
+        return self.queues.enqueue_prediction(task, label_config, project_id, self.model_version(), context)
 
 
 def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Flask:

@@ -62,8 +62,10 @@ class Settings:
     train_lr: float = 3e-4  # GLUS_TRAIN_LR: GLUS's fine-tuning learning rate
     train_batch_size: int = 4  # GLUS_TRAIN_BATCH_SIZE: videos per step
     train_contrastive_weight: float = 0.1  # GLUS_TRAIN_CONTRASTIVE_WEIGHT: object contrastive loss weight
+    train_processes: int = 1  # GLUS_TRAIN_PROCESSES: data-parallel processes (GPUs) of a run; > 1 uses torchrun
     heldout_fraction: float = 0.2  # GLUS_HELDOUT_FRACTION: corrected tasks kept out of training for the gate
     gate_tolerance: float = 0.0  # GLUS_GATE_TOLERANCE: promote if candidate J&F >= current J&F - tolerance
+    relabel_on_promote: bool = False  # GLUS_RELABEL_ON_PROMOTE: re-predict unannotated tasks after a promotion
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -104,8 +106,10 @@ class Settings:
             train_lr=float(_env("GLUS_TRAIN_LR", default="3e-4")),
             train_batch_size=int(_env("GLUS_TRAIN_BATCH_SIZE", default="4")),
             train_contrastive_weight=float(_env("GLUS_TRAIN_CONTRASTIVE_WEIGHT", default="0.1")),
+            train_processes=int(_env("GLUS_TRAIN_PROCESSES", default="1")),
             heldout_fraction=float(_env("GLUS_HELDOUT_FRACTION", default="0.2")),
             gate_tolerance=float(_env("GLUS_GATE_TOLERANCE", default="0.0")),
+            relabel_on_promote=_bool(_env("GLUS_RELABEL_ON_PROMOTE"), False),
         )
 
     @property

@@ -2,10 +2,12 @@
 
 A training run for a project:
 
-1. **snapshot** - the project's annotated tasks (Label Studio's export, so ``START_TRAINING`` works with nothing
-   stored locally) are written in the MeViS layout under ``MODEL_DIR/data/snapshots/<project>-<id>/`` as two
-   splits: ``heldout`` (a stable ``GLUS_HELDOUT_FRACTION`` of the tasks, chosen by a hash of the task id, so a
-   task never moves between the splits as data grows) and ``train`` (the rest). The id hashes the annotations.
+1. **snapshot** - the project's correction set (``MODEL_DIR/data/mevis/project_<id>/``, kept up to date by the
+   ingest jobs) is first brought in line with Label Studio's export, so ``START_TRAINING`` works with nothing
+   stored locally and a missed webhook loses nothing; then it is written under
+   ``MODEL_DIR/data/snapshots/<project>-<id>/`` as two splits: ``heldout`` (a stable ``GLUS_HELDOUT_FRACTION``
+   of the tasks, chosen by a hash of the task id, so a task never moves between the splits as data grows) and
+   ``train`` (the rest). The id hashes the annotations.
 2. **fine-tune** - ``glus train --train-parts lora`` in a subprocess, from the model currently served: LoRA on
    the LLM, projectors, ``[SEG]`` projector and SAM-2 mask decoder, GLUS's losses with the memory bank in the
    loop; saved merged (plus the adapter) in ``MODEL_DIR/versions/.staging/``.
@@ -28,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corrections import export_mevis, latest_annotation, task_frame_loader
+from .correction_set import CorrectionSet
+from .corrections import task_frame_loader
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -47,13 +50,10 @@ class Snapshot:
     heldout_tasks: list[int]
 
 
-TRAIN_FUNC = "glus_backend.jobs.train_from_corrections"
-
-
 def enqueue_training(queues, project_id: int, reason: str):
     """Put a training run of ``project_id`` on the train queue, unless one is already queued or running: then
     that one is returned (a second "Start training" click does not start a second run)."""
-    from .queues import TRAIN, Enqueued, make_job_id
+    from .queues import TRAIN, TRAIN_FUNC, Enqueued, make_job_id
 
     active_key = queues.key("train-active", str(int(project_id)))
     active = queues.redis.get(active_key)
@@ -102,23 +102,19 @@ def write_snapshot(
     frame_loader: Callable[[dict], list],
     heldout_fraction: float,
 ) -> Snapshot:
-    """The MeViS-layout training and held-out splits of a project's annotated tasks."""
-    annotated = [t for t in tasks if latest_annotation(t) is not None]
-    train_ids, heldout_ids = split_tasks([int(t["id"]) for t in annotated], heldout_fraction)
-    fingerprint = sorted(
-        (int(t["id"]), int(a.get("id", 0)), str(a.get("updated_at", "")))
-        for t in annotated
-        for a in [latest_annotation(t)]
-    )
+    """Bring the project's correction set up to date with ``tasks`` (its export), then write the training run's
+    ``train`` and ``heldout`` splits of it (frames shared with the set)."""
+    corrections = CorrectionSet.of_project(settings.model_dir, project_id)
+    summary = corrections.rebuild(tasks, label_config, frame_loader, settings.expression_fields)
+    logger.info("project %s corrections: %s", project_id, summary)
+    task_ids = corrections.task_ids()
+    train_ids, heldout_ids = split_tasks(task_ids, heldout_fraction)
+    fingerprint = [(t, e["annotation_id"], str(e["updated_at"])) for t in task_ids for e in [corrections.entry(t)]]
     snapshot_id = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:12]
     root = settings.model_dir / "data" / "snapshots" / f"project{project_id}-{snapshot_id}"
-    by_id = {int(t["id"]): t for t in annotated}
     for split, ids in (("train", train_ids), ("heldout", heldout_ids)):
         if not (root / split / "meta_expressions.json").is_file():
-            summary = export_mevis(
-                [by_id[i] for i in ids], label_config, root / split, frame_loader, settings.expression_fields
-            )
-            logger.info("snapshot %s/%s: %s", root.name, split, summary)
+            corrections.write_split(root / split, ids)
     return Snapshot(snapshot_id, root, train_ids, heldout_ids)
 
 
@@ -137,9 +133,13 @@ def _base_training_aids(base: Path) -> list[str]:
 
 
 def fine_tune_command(settings: Settings, base: Path, snapshot: Snapshot, out: Path, device: str) -> list[str]:
-    """The ``glus train`` command line of a fine-tuning run (LoRA, from the served model)."""
+    """The ``glus train`` command line of a fine-tuning run (LoRA, from the served model); with
+    ``GLUS_TRAIN_PROCESSES`` > 1 launched by torchrun, one process per GPU (``--batch-size`` is per process)."""
+    launcher = [sys.executable]
+    if settings.train_processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}"]
     return [
-        sys.executable, "-m", "model.cli", "train",
+        *launcher, "-m", "model.cli", "train",
         "--data", str(snapshot.root), "--split", "train",
         "--init", str(base), "--train-parts", "lora",
         "--steps", str(settings.train_steps), "--lr", str(settings.train_lr),

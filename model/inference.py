@@ -59,6 +59,7 @@ class SegmentOptions:
     context_frames: bool = True  # False: no global context frames in the prompt (an ablation)
     # --- speed (exact: the same masks) ---
     prefix_cache: bool = True  # KV cache of the prompt prefix (system prompt + context frames), once per video
+    batch_expressions: bool = True  # the expressions' prompt suffixes through the LLM as one right-padded batch
     cache_frames: int = 16  # CLIP / SAM-2 features kept per video (bounded, least recently used out)
     encode_batch: int = 4  # frames encoded together by CLIP and by SAM-2's image encoder
     # --- throughput (not exact: measured quality cost in the README) ---
@@ -288,14 +289,24 @@ class VideoSegmenter:
             upcoming = stream[start + 1 : start + 1 + 2 * video.encode_batch]
             video.prefetch(upcoming)
             run_llm = options.schedule != "sliding" or start % options.llm_every == 0
+            open_last = options.schedule == "sliding"  # sliding: the last prompt position predicts [SEG]
+            # expressions that reuse the last [SEG] prompt (llm_every) skip the LLM: SAM-2 memory propagates it
+            asking = [e for e in range(len(expressions)) if run_llm or last_llm[e] is None]
+            ids_of = {
+                e: self._prompt_ids(expressions[e], len(video.context_frames), len(rounds), open_last, prompt_cache)
+                for e in asking
+            }
+            if options.batch_expressions:
+                hidden_of = dict(zip(asking, video.hidden_states_batch([ids_of[e] for e in asking], frames_in_prompt,
+                                                                       upcoming)))  # fmt: skip
+            else:
+                hidden_of = {e: video.hidden_states(ids_of[e], frames_in_prompt, upcoming) for e in asking}
             per_expression = []
-            for e, expression in enumerate(expressions):
-                if not run_llm and last_llm[e] is not None:
-                    per_expression.append(None)  # reuse the last [SEG] prompt: SAM-2 memory propagates it
+            for e in range(len(expressions)):
+                if e not in hidden_of:
+                    per_expression.append(None)
                     continue
-                open_last = options.schedule == "sliding"  # sliding: the last prompt position predicts [SEG]
-                ids = self._prompt_ids(expression, len(video.context_frames), len(rounds), open_last, prompt_cache)
-                hidden = video.hidden_states(ids, frames_in_prompt, upcoming)
+                ids, hidden = ids_of[e], hidden_of[e]
                 if open_last:
                     state_positions = torch.tensor([hidden.shape[0] - 1], device=hidden.device)
                 else:

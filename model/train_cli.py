@@ -64,8 +64,9 @@ class MevisTrainingSource:
             self._cache.popitem(last=False)
         return video
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[list]:
-        rng = random.Random(seed)
+    def batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[list]:
+        """Endless random batches; each data-parallel process (``rank``) draws its own."""
+        rng = random.Random(seed + 1_000_003 * rank)
         while True:
             yield [self.video(rng.choice(self.video_ids)) for _ in range(batch_size)]
 
@@ -85,11 +86,12 @@ class SyntheticTrainingSource:
         self.curriculum_steps = curriculum_steps
         self.seed = seed
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[list]:
+    def batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[list]:
+        """Endless batches of new videos; data-parallel processes take interleaved video indices."""
         from .synthetic.world import generate_video
         from .trainer import TrainingExpression, TrainingVideo
 
-        index = 0
+        index = rank * batch_size
         step = 0
         while True:
             batch = []
@@ -104,6 +106,7 @@ class SyntheticTrainingSource:
                     for i, e in enumerate(video.expressions)
                 ]
                 batch.append(TrainingVideo(f"synthetic{video_seed}", video.frames, expressions))
+            index += (world_size - 1) * batch_size  # the other processes' videos
             yield batch
 
 
@@ -181,14 +184,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .distributed import init_distributed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    distributed, device = init_distributed(device)  # under torchrun: one process per GPU
+    if not distributed.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _train(args, device, distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, device: str, distributed) -> int:
+    import torch
+
     from .checkpoint import from_pretrained, save_pretrained
     from .config import get_config, with_sam_image_size
     from .factory import random_model
     from .trainer import TrainConfig, Trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.init:
         model, tokenizer, _ = from_pretrained(args.init)
     else:
@@ -222,6 +239,7 @@ def run_train(args: argparse.Namespace) -> int:
         same_video_negatives=args.from_scratch_aids or args.contrastive_aids,
         positives_any_frame=args.from_scratch_aids or args.contrastive_aids,
     )
+    main = distributed.is_main
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_config.json").write_text(
         json.dumps(
@@ -234,17 +252,20 @@ def run_train(args: argparse.Namespace) -> int:
                 "config": model.config.to_dict(),
                 "device": device,
                 "threads": torch.get_num_threads(),
+                "processes": distributed.world_size,
             },
             indent=2,
             default=str,
         )
     )
-    trainer = Trainer(model, tokenizer, train_config, device=device)
-    log = (args.out / "train_log.jsonl").open("w")
+    trainer = Trainer(model, tokenizer, train_config, device=device, distributed=distributed)
+    log = (args.out / "train_log.jsonl").open("w") if main else None
     started = time.perf_counter()
-    with tqdm(total=args.steps, unit="step", desc="train") as bar:
+    with tqdm(total=args.steps, unit="step", desc="train", disable=not main) as bar:
 
         def on_step(stats) -> None:
+            if not main:
+                return
             log.write(json.dumps(asdict(stats)) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", bce=f"{stats.bce:.3f}", dice=f"{stats.dice:.3f}")
@@ -255,7 +276,9 @@ def run_train(args: argparse.Namespace) -> int:
                     save_pretrained(trainer.model.eval(), tokenizer, args.out / f"step_{stats.step}")
                     trainer.model.train()
 
-        trainer.fit(source.batches(args.batch_size, args.seed), on_step)
+        trainer.fit(source.batches(args.batch_size, args.seed, distributed.rank, distributed.world_size), on_step)
+    if not main:
+        return 0
     log.close()
     save_trained(trainer.model.eval(), tokenizer, args.out, getattr(torch, args.save_dtype))
     logger.info(

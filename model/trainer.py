@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import DistributedContext
 from .losses import ObjectContrastiveLoss, SegTokenKey, mask_bce, mask_dice, seg_token_ce
 from .modeling.glus import GlusModel, seg_state_positions
 from .modeling.memory_bank import MemoryBank
@@ -151,7 +152,15 @@ def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Paramete
 class Trainer:
     """Optimises one model on batches of :class:`TrainingVideo` clips."""
 
-    def __init__(self, model: GlusModel, tokenizer: GlusTokenizer, config: TrainConfig, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: GlusModel,
+        tokenizer: GlusTokenizer,
+        config: TrainConfig,
+        device: str = "cpu",
+        distributed: DistributedContext | None = None,
+    ) -> None:
+        self.distributed = distributed or DistributedContext()
         self.model = model.to(device)
         self.tokenizer = tokenizer
         self.config = config
@@ -160,6 +169,7 @@ class Trainer:
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
         self.params = trainable_parameters(model, config.train_parts)
+        self.distributed.broadcast_parameters(self.model)  # LoRA's random init included
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
@@ -285,6 +295,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.distributed.average_gradients(self.params)
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.step_index += 1

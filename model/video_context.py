@@ -124,7 +124,13 @@ class VideoContext:
         self._prefix_hidden: torch.Tensor | None = None
         self._prefix_cache = None
         self._prefix_width = 0
-        self.stats = {"clip_frames_encoded": 0, "sam_frames_encoded": 0, "llm_positions": 0, "prefix_fills": 0}
+        self.stats = {
+            "clip_frames_encoded": 0,
+            "sam_frames_encoded": 0,
+            "llm_positions": 0,
+            "llm_batches": 0,
+            "prefix_fills": 0,
+        }
 
     def __enter__(self) -> VideoContext:
         return self
@@ -205,6 +211,53 @@ class VideoContext:
         cut = int(image_positions[n_context])
         return cut - 1 if self.im_start_id is not None and int(ids[cut - 1]) == self.im_start_id else cut
 
+    def _fill_prefix(self, ids: torch.Tensor, cut: int, tokens: torch.Tensor) -> int:
+        """Make sure the KV cache holds ``ids[:cut]``; returns the number of images in the prefix."""
+        n_prefix_images = int((ids[:cut] == IMAGE_PLACEHOLDER_ID).sum())
+        if self._prefix_ids is None or not torch.equal(self._prefix_ids, ids[:cut]):
+            model = self.model
+            embeds = model.embed_prompt(ids[:cut], tokens[:n_prefix_images])
+            out = model.language_model.model(inputs_embeds=embeds.unsqueeze(0), use_cache=True)
+            self._prefix_ids = ids[:cut].clone()
+            self._prefix_hidden = out.last_hidden_state[0]
+            self._prefix_cache = out.past_key_values
+            self._prefix_width = embeds.shape[0]
+            self.stats["prefix_fills"] += 1
+        return n_prefix_images
+
+    def hidden_states_batch(
+        self, ids_list: list[torch.Tensor], frames_in_prompt: list[int], upcoming: Sequence[int] = ()
+    ) -> list[torch.Tensor]:
+        """:meth:`hidden_states` of several prompts that share the prefix and the images (the expressions of a
+        lockstep step) in one forward: their suffixes are right-padded into a batch over the cached prefix.
+        Causal attention never lets a real position see the padding after it, so every prompt's states are
+        those of its own forward (up to floating-point summation order)."""
+        if len(ids_list) == 1 or not self.use_prefix_cache:
+            return [self.hidden_states(ids, frames_in_prompt, upcoming) for ids in ids_list]
+        cuts = {self._prefix_length(ids) for ids in ids_list}
+        cut = cuts.pop() if len(cuts) == 1 else 0
+        if cut == 0 or any(not torch.equal(ids_list[0][:cut], ids[:cut]) for ids in ids_list[1:]):
+            return [self.hidden_states(ids, frames_in_prompt, upcoming) for ids in ids_list]
+        model = self.model
+        tokens = self.visual_tokens(frames_in_prompt, upcoming)
+        n_prefix_images = self._fill_prefix(ids_list[0], cut, tokens)
+        suffixes = [model.embed_prompt(ids[cut:], tokens[n_prefix_images:]) for ids in ids_list]
+        lengths = [s.shape[0] for s in suffixes]
+        batch = torch.zeros(len(suffixes), max(lengths), suffixes[0].shape[-1], device=suffixes[0].device,
+                            dtype=suffixes[0].dtype)  # fmt: skip
+        for row, suffix in enumerate(suffixes):
+            batch[row, : suffix.shape[0]] = suffix
+        cache = self._prefix_cache
+        cache.batch_repeat_interleave(len(suffixes))
+        try:
+            out = model.language_model.model(inputs_embeds=batch, past_key_values=cache, use_cache=True)
+        finally:  # back to the shared prefix, batch of one
+            cache.crop(-batch.shape[1])
+            cache.batch_select_indices(torch.tensor([0], device=batch.device))
+        self.stats["llm_positions"] += len(suffixes)
+        self.stats["llm_batches"] += 1
+        return [torch.cat([self._prefix_hidden, out.last_hidden_state[row, :n]]) for row, n in enumerate(lengths)]
+
     def hidden_states(
         self, ids: torch.Tensor, frames_in_prompt: list[int], upcoming: Sequence[int] = ()
     ) -> torch.Tensor:
@@ -216,15 +269,7 @@ class VideoContext:
         self.stats["llm_positions"] += 1
         if cut == 0:
             return model.language_hidden_states(model.embed_prompt(ids, tokens).unsqueeze(0))[0]
-        n_prefix_images = int((ids[:cut] == IMAGE_PLACEHOLDER_ID).sum())
-        if self._prefix_ids is None or not torch.equal(self._prefix_ids, ids[:cut]):
-            embeds = model.embed_prompt(ids[:cut], tokens[:n_prefix_images])
-            out = model.language_model.model(inputs_embeds=embeds.unsqueeze(0), use_cache=True)
-            self._prefix_ids = ids[:cut].clone()
-            self._prefix_hidden = out.last_hidden_state[0]
-            self._prefix_cache = out.past_key_values
-            self._prefix_width = embeds.shape[0]
-            self.stats["prefix_fills"] += 1
+        n_prefix_images = self._fill_prefix(ids, cut, tokens)
         suffix = model.embed_prompt(ids[cut:], tokens[n_prefix_images:])
         out = model.language_model.model(
             inputs_embeds=suffix.unsqueeze(0), past_key_values=self._prefix_cache, use_cache=True

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from glus_backend.corrections import decode_annotation, export_mevis, latest_annotation
+from glus_backend.correction_set import CorrectionSet
+from glus_backend.corrections import decode_annotation, latest_annotation
 from glus_backend.label_config import parse_label_config
 from glus_backend.prompts import extract_prompts
 from glus_backend.results import ObjectTrack, frame_sequence_results
@@ -65,12 +66,17 @@ def test_regions_are_assigned_to_objects_and_joined():
     assert set(single.objects[0].frames) == {0, 2}
 
 
-def test_export_mevis_round_trip(tmp_path):
-    frames = [np.full((H, W, 3), 100 + 10 * i, np.uint8) for i in range(3)]
-    task = {
-        "id": 7,
-        "data": {"frames": ["a", "b", "c"], "expression": "the dog"},
-        "annotations": [
+def _task(task_id, annotations, expression="the dog"):
+    return {"id": task_id, "data": {"frames": ["a", "b", "c"], "expression": expression}, "annotations": annotations}
+
+
+FRAMES = [np.full((H, W, 3), 100 + 10 * i, np.uint8) for i in range(3)]
+
+
+def test_correction_set_round_trip_through_the_mevis_reader(tmp_path):
+    task = _task(
+        7,
+        [
             {"id": 1, "updated_at": "2026-01-01", "result": [_brush("r", 0, _square(0, 0))]},
             {
                 "id": 2,
@@ -79,15 +85,43 @@ def test_export_mevis_round_trip(tmp_path):
             },
             {"id": 3, "updated_at": "2026-03-01", "was_cancelled": True, "result": []},
         ],
-    }
-    assert latest_annotation(task)["id"] == 2
-    summary = export_mevis(
-        [task, {"id": 8, "data": {}, "annotations": []}], CONFIG, tmp_path / "train", lambda t: frames
     )
-    assert summary["tasks"] == 1 and summary["expressions"] == 1
+    assert latest_annotation(task)["id"] == 2
+    corrections = CorrectionSet(tmp_path / "train")
+    loads = []
+    summary = corrections.rebuild([task, _task(8, [])], CONFIG, lambda t: loads.append(t["id"]) or FRAMES)
+    assert (summary["tasks"], summary["expressions"], summary["written"]) == (1, 1, 1) and loads == [7]
     dataset = open_dataset("mevis", tmp_path, "train")
     video = dataset.video("task7")
     assert list(video.frame_names) == ["00000", "00001", "00002"] and video.expressions[0].text == "the dog"
     gt = dataset.gt_masks("task7", "0")
     assert not gt[0].any() and not gt[2].any()
     assert np.array_equal(gt[1], _square(5, 5) | _square(9, 9))
+    # the same export again: nothing is fetched or decoded again
+    assert corrections.rebuild([task], CONFIG, lambda t: loads.append(t["id"]) or FRAMES)["written"] == 0
+    assert loads == [7]
+
+
+def test_a_resubmitted_annotation_replaces_the_task_and_a_deleted_one_removes_it(tmp_path):
+    corrections = CorrectionSet.of_project(tmp_path, 3)
+    first = {"id": 10, "updated_at": "1", "result": [_brush("a", 0, _square(0, 0))]}
+    corrections.put(_task(1, [first]), first, CONFIG, FRAMES)
+    other = {"id": 11, "updated_at": "1", "result": [_brush("b", 2, _square(3, 3))]}
+    corrections.put(_task(2, [other], "the cat"), other, CONFIG, FRAMES)
+    again = {"id": 12, "updated_at": "2", "result": [_brush("c", 1, _square(20, 30))]}  # a new submission of task 1
+    corrections.put(_task(1, [first, again]), again, CONFIG, FRAMES)
+    assert corrections.task_ids() == [1, 2] and corrections.root == tmp_path / "data" / "mevis" / "project_3"
+    dataset = open_dataset("mevis", corrections.root.parent, corrections.root.name)
+    assert sorted(dataset.videos) == ["task1", "task2"]
+    gt = dataset.gt_masks("task1", "0")
+    assert np.array_equal(gt[1], _square(20, 30)) and not gt[0].any()  # the old mask is gone
+    # a training run's split links the frames; removing the task from the set later leaves the split whole
+    split = corrections.write_split(tmp_path / "snap" / "heldout", [1])
+    assert corrections.remove_annotation(10) == []  # superseded: not the task's annotation any more
+    assert corrections.remove_annotation(12) == [1] and corrections.task_ids() == [2]
+    assert sorted(open_dataset("mevis", corrections.root.parent, corrections.root.name).videos) == ["task2"]
+    held = open_dataset("mevis", split.parent, "heldout")
+    assert sorted(held.videos) == ["task1"] and len(held.frame_paths("task1")) == 3
+    assert np.array_equal(held.gt_masks("task1", "0")[1], _square(20, 30))
+    # the export has only task 2 now: a rebuild keeps the set in line (task 1's frames were removed above)
+    assert corrections.rebuild([_task(2, [other], "the cat")], CONFIG, lambda t: FRAMES)["removed"] == 0

@@ -39,8 +39,9 @@ def reference(tiny, moving_square_video):
         SegmentOptions(),
         SegmentOptions(prefix_cache=False, encode_batch=1, cache_frames=1),
         SegmentOptions(encode_batch=8, cache_frames=2),
+        SegmentOptions(batch_expressions=False),
     ],
-    ids=["default", "no-caches", "small-cache-big-batch"],
+    ids=["default", "no-caches", "small-cache-big-batch", "expressions-one-by-one"],
 )
 def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, reference, options):
     fast = _logits(tiny, moving_square_video[:FRAMES], options)
@@ -77,6 +78,7 @@ def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, mov
     assert ctx.stats["sam_frames_encoded"] == n  # shared by the 3 expressions
     assert ctx.stats["clip_frames_encoded"] == n  # context frames are among the video's frames
     assert ctx.stats["llm_positions"] == n * len(EXPRESSIONS)
+    assert ctx.stats["llm_batches"] == n  # the expressions' suffixes go through the LLM together
 
 
 def test_frames_no_expression_prompts_are_not_encoded_by_sam2(moving_square_video):

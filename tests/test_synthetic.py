@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -317,6 +318,27 @@ def test_cli_generate_and_baselines(tmp_path, capsys):
     assert cli_main(["-q", "generate", "--root", str(tmp_path), "--train", "1"]) == 2  # exists, no --overwrite
     paths = generate_benchmark(tmp_path / "b", {"train": 2, "valid": 0, "test": 1}, progress=False)
     assert set(paths) == {"train", "test"}
+
+
+def test_recoloured_domain_draws_the_same_words_in_new_colours(tmp_path):
+    from model.synthetic.world import COLOURS, DOMAINS, RECOLOURED_PALETTE
+
+    shifted = DOMAINS["recoloured"]
+    palette = dict(RECOLOURED_PALETTE)
+    assert set(palette) == set(COLOURS) and all(palette[c] != COLOURS[c] for c in COLOURS)
+    for seed in range(12):
+        video = generate_video(seed, shifted)
+        assert video.scenario != "lookalike"  # colour is what the shift changes
+        for obj in video.objects:
+            drawn = np.asarray(obj.rgb)
+            assert np.abs(drawn - palette[obj.colour]).max() <= shifted.colour_jitter
+        plain = generate_video(seed, replace(shifted, palette=()))  # same scene, default colours
+        assert [e.text for e in plain.expressions] == [e.text for e in video.expressions]
+    assert cli_main(["-q", "generate", "--root", str(tmp_path), "--domain", "recoloured", "--train", "2",
+                     "--valid", "0", "--test", "0"]) == 0  # fmt: skip
+    assert len(open_dataset("mevis", tmp_path, "train").videos) == 2
+    with pytest.raises(ValueError, match="unknown"):
+        replace(shifted, palette=(("teal", (0, 128, 128)),)).validate()
 
 
 def test_modules_do_not_import_torch():

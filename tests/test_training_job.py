@@ -94,3 +94,55 @@ def test_every_n_corrections_enqueue_one_training_run(redis_prefix, tmp_path):
     assert again[2]["train_job"] == outcomes[2]["train_job"] and runtime.queues.queue("train").count == 1
     assert _count_correction(SimpleNamespace(settings=replace(settings, train_every=0)), 7) == {}
     created.extend(runtime.queues.queue("train").job_ids)
+
+
+def test_relabel_enqueues_predictions_for_unannotated_tasks_only_once(redis_prefix, tmp_path):
+    from glus_backend.queues import JobQueues
+    from glus_backend.relabel import relabel_project, tasks_to_relabel
+    from tests.conftest import test_redis_url
+
+    redis, prefix, created = redis_prefix
+    settings = replace(Settings(), redis_url=test_redis_url(), queue_prefix=prefix, model_dir=tmp_path)
+    queues = JobQueues(redis, settings)
+    frames = {"frames": ["a.jpg", "b.jpg"], "expression": "the red square"}
+    tasks = [  # as Label Studio exports them: predictions by id only
+        {"id": 1, "data": frames, "annotations": [{"id": 9, "result": []}], "predictions": []},  # annotated
+        {"id": 2, "data": frames, "annotations": [{"id": 8, "was_cancelled": True}], "predictions": []},  # skipped
+        {"id": 3, "data": frames, "annotations": [], "predictions": [31]},
+        {"id": 4, "data": frames, "annotations": [], "predictions": [41]},  # already has one of v-new
+    ]
+    predictions = [{"id": 31, "task": 3, "model_version": "v-old"}, {"id": 41, "task": 4, "model_version": "v-new"}]
+    assert [t["id"] for t in tasks_to_relabel(tasks, {4})] == [2, 3]
+
+    class FakeLabelStudio:
+        def get_project(self, project_id):
+            return {"id": project_id, "label_config": CONFIG}
+
+        def export_tasks(self, project_id, all_tasks=False):
+            assert all_tasks  # unannotated tasks are the point
+            return tasks
+
+        def list_project_predictions(self, project_id):
+            return predictions
+
+    summary = relabel_project(queues, FakeLabelStudio(), 5, "v-new")
+    assert (summary["tasks"], summary["annotated"], summary["enqueued"]) == (4, 1, 2)
+    jobs = [queues.fetch(j) for j in summary["jobs"]]
+    created.extend(summary["jobs"])
+    assert sorted(j.args[0]["task_id"] for j in jobs) == [2, 3]
+    assert {j.args[0]["model_version"] for j in jobs} == {"v-new"} and queues.queue("predict").count == 2
+    # asked again before the predictions are posted: the same jobs, nothing new queued
+    again = relabel_project(queues, FakeLabelStudio(), 5, "v-new")
+    assert again["jobs"] == summary["jobs"] and queues.queue("predict").count == 2
+
+
+def test_fine_tune_command_uses_torchrun_for_several_processes(tmp_path):
+    from glus_backend.training import Snapshot, fine_tune_command
+
+    snapshot = Snapshot("abc", tmp_path / "snap", [1, 2], [3])
+    args = (tmp_path / "base", snapshot, tmp_path / "out", "cuda")
+    single = fine_tune_command(Settings(), *args)
+    assert single[1:4] == ["-m", "model.cli", "train"] and single[single.index("--train-parts") + 1] == "lora"
+    multi = fine_tune_command(replace(Settings(), train_processes=4), *args)
+    assert multi[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert multi[5:] == single[1:]  # the same training command, one process per GPU

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .world import (
     COLOURS,
     DIRECTIONS,
+    DOMAINS,
     KINDS,
     SHAPES,
     TEMPLATES,
@@ -31,6 +32,7 @@ from .world import (
 __all__ = [
     "COLOURS",
     "DIRECTIONS",
+    "DOMAINS",
     "KINDS",
     "SHAPES",
     "TEMPLATES",

@@ -1,7 +1,7 @@
 """Command line of the synthetic benchmark: ``generate`` writes the fixed splits, ``baselines`` scores the trivial
 answers on one of them.
 
-    python -m model.synthetic.cli generate --root data/synthetic [--train N --valid N --test N]
+    python -m model.synthetic.cli generate --root data/synthetic [--train N --valid N --test N] [--domain recoloured]
     python -m model.synthetic.cli baselines --root data/synthetic --split test
 """
 
@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from .dataset import SPLITS
+from .world import DOMAINS
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"videos in the {split} split (default {n}, seed {seed}; 0 skips it)",
         )
+    gen.add_argument(
+        "--domain",
+        default="default",
+        choices=sorted(DOMAINS),
+        help="default (the benchmark) or a shifted world, e.g. recoloured (colour words drawn in new colours)",
+    )
     gen.add_argument("--workers", type=int, default=1, help="generator processes (same output for any number)")
     gen.add_argument("--overwrite", action="store_true", help="replace existing synthetic splits")
     base = sub.add_parser("baselines", help="J, F and J&F of the trivial answers, overall and per category")
@@ -51,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = {split: getattr(args, split) for split in SPLITS}
         try:
             paths = generate_benchmark(
-                args.root, sizes, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet
+                args.root,
+                sizes,
+                DOMAINS[args.domain],
+                workers=args.workers,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
             )
         except FileExistsError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -144,6 +144,19 @@ IN_FRAME_MIN_FOR_HIDDEN = 0.5
 # Configuration and data classes
 # ----------------------------------------------------------------------------------------------------------
 
+RECOLOURED_PALETTE = (
+    ("red", (255, 120, 190)),
+    ("green", (150, 210, 30)),
+    ("blue", (30, 200, 230)),
+    ("yellow", (255, 140, 20)),
+    ("white", (25, 25, 25)),
+    ("purple", (130, 70, 30)),
+)
+"""The ``recoloured`` domain: every colour word drawn in a colour the default world never shows (pink, lime,
+cyan, orange, black, brown), as if a camera rendered colours differently, in appearance and relation scenes
+(no look-alike motion scenes: colour is what the shift changes). It shows learning from corrections on a shift
+the shipped model has not seen."""
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -153,7 +166,8 @@ class WorldConfig:
     ``p_lookalike`` / ``p_relation``: probability of a look-alike (motion) video / a relation video; the rest
     are appearance videos. ``contrast_weights``: how the look-alikes of a look-alike video differ.
     ``p_occlusion``: chance that an extra object is put in front of a moving one in a non-"hidden" video;
-    ``p_edge``: chance that a distractor leaves, enters or partly leaves the frame.
+    ``p_edge``: chance that a distractor leaves, enters or partly leaves the frame. ``palette``: colour words
+    drawn in other RGB values than :data:`COLOURS` (a domain shift, see :data:`DOMAINS`).
     """
 
     size: int = 64
@@ -167,6 +181,7 @@ class WorldConfig:
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = tuple(COLOURS)
     colour_jitter: int = 12
+    palette: tuple[tuple[str, tuple[int, int, int]], ...] = ()
     noise_sigma: float = 6.0
     background_level: tuple[float, float] = (70.0, 170.0)
     p_stripes: float = 0.6
@@ -210,6 +225,7 @@ class WorldConfig:
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be positive and ordered")
         unknown = (set(self.shapes) - set(SHAPES)) | (set(self.colours) - set(COLOURS))
+        unknown |= {word for word, _ in self.palette} - set(COLOURS)
         if unknown or not self.shapes or not self.colours:
             raise ValueError(f"unknown or missing shapes/colours: {sorted(unknown)}")
         if self.p_lookalike + self.p_relation > 1 or min(self.p_lookalike, self.p_relation) < 0:
@@ -220,6 +236,19 @@ class WorldConfig:
     @property
     def steps(self) -> int:
         return self.frames - 1
+
+    def rgb(self, colour: str) -> tuple[int, int, int]:
+        """The base RGB a colour word is drawn with (``palette`` overrides :data:`COLOURS`)."""
+        return dict(self.palette).get(colour, COLOURS[colour])
+
+
+DOMAINS = MappingProxyType(
+    {
+        "default": WorldConfig(),
+        "recoloured": WorldConfig(palette=RECOLOURED_PALETTE, p_lookalike=0.0),
+    }
+)
+"""Named worlds: ``default`` (the benchmark and the shipped model's training data) and shifted ones."""
 
 
 @dataclass(frozen=True)
@@ -1267,7 +1296,9 @@ def generate_video(seed: int, config: WorldConfig | None = None) -> SyntheticVid
         for new in range(len(drafts)):
             d = drafts[perm[new]]
             rgb = np.clip(
-                np.asarray(COLOURS[d.colour]) + rng.integers(-config.colour_jitter, config.colour_jitter + 1, 3), 0, 255
+                np.asarray(config.rgb(d.colour)) + rng.integers(-config.colour_jitter, config.colour_jitter + 1, 3),
+                0,
+                255,
             )
             objects.append(
                 ObjectSpec(

@@ -10,20 +10,17 @@ worker). An annotation must reach the backend through the webhook and run an ing
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import cv2
 import pytest
 import requests
-from conftest import ROOT, SHARED_VIDEOS, delete_test_keys
+from conftest import SHARED_VIDEOS
 from label_studio_sdk.label_interface import LabelInterface
-from redis import Redis
+
+from .backend_stack import running_backend
+from .backend_stack import wait_for as _wait
 
 FRAMES_CONFIG = """<View>
   <Header value="$expressions"/>
@@ -38,22 +35,6 @@ VIDEO_CONFIG = """<View>
 </View>"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def stack(label_studio, redis_url, tmp_path_factory):
     from model.checkpoint import save_pretrained
@@ -61,70 +42,8 @@ def stack(label_studio, redis_url, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("glus-stack")
     save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
-    prefix = f"glustest{uuid.uuid4().hex[:10]}"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.pat,
-        "REDIS_URL": redis_url,
-        "GLUS_QUEUE_PREFIX": prefix,
-        "MODEL_DIR": str(tmp / "model_dir"),
-        "GLUS_CHECKPOINT": str(tmp / "ckpt"),
-        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
-        "GLUS_JOB_RETRIES": "2",
-        "GLUS_RETRY_INTERVALS": "1",
-    }
-    logs = tmp / "logs"
-    logs.mkdir()
-    web = subprocess.Popen(
-        [sys.executable, str(ROOT / "_wsgi.py"), "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(logs / "web.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "glus_backend.cli", "worker", "--device", "cpu"],
-        env=env,
-        stdout=open(logs / "worker.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    redis = Redis.from_url(redis_url)
-    try:
-        _wait(lambda: _ok(url + "/health"), 60, "the backend web process")
-        _wait(lambda: requests.get(url + "/metrics", timeout=2).json()["workers"] > 0, 120, "the worker")
-        yield {
-            "url": url,
-            "ls": label_studio,
-            "tmp": tmp,
-            "logs": logs,
-            "redis": redis,
-            "prefix": prefix,
-            "version": requests.get(url + "/health").json()["model_version"],
-        }
-    finally:
-        for proc in (web, worker):
-            proc.terminate()
-        for proc in (web, worker):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        job_ids = [
-            k.decode().split(":")[-1]
-            for k in redis.scan_iter(match="rq:job:*", count=1000)
-            if (redis.hget(k, "origin") or b"").decode().startswith(prefix)
-        ]
-        delete_test_keys(redis, prefix, job_ids)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+    with running_backend(label_studio, redis_url, tmp, {"GLUS_CHECKPOINT": str(tmp / "ckpt")}) as running:
+        yield running
 
 
 def _real_frames(ls, rel: str, n: int = 8) -> list[str]:
@@ -254,6 +173,11 @@ def test_annotation_reaches_the_backend_and_runs_an_ingest_job(stack):
         / f"annotation_{annotation_id}.json"
     )
     _wait(stored.is_file, 60, "the ingest job to store the annotation")
+    from glus_backend.correction_set import CorrectionSet
+
+    corrections = CorrectionSet.of_project(stack["tmp"] / "model_dir", project)
+    _wait(lambda: task_id in corrections.task_ids(), 60, "the ingest job to add the task to the correction set")
+    assert corrections.entry(task_id)["annotation_id"] == annotation_id
     metrics = requests.get(stack["url"] + "/metrics").json()
     assert metrics["queues"]["ingest"]["finished"] >= 1
     # the project's annotations, exported through the API, read back as a MeViS split

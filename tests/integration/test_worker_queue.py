@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -172,27 +171,50 @@ def test_label_studio_down_while_posting(env):
 
 
 def test_ingest_job_stores_and_replaces_corrections(env):
+    from glus_backend.correction_set import CorrectionSet
+    from glus_backend.rle import mask_to_rle
+    from model.datasets import open_dataset
+
     client, queues = env["client"], env["queues"]
-    payload = {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {"id": 9, "result": [{"x": 1}], "created_at": "t1"},
-        "task": {"id": 3, "data": {}},
-        "project": {"id": 1},
-    }
+
+    def brush(item, y0):
+        mask = np.zeros((72, 96), bool)
+        mask[y0 : y0 + 10, 10:30] = True
+        region = {"id": f"0_{item}_brush", "type": "brushlabels", "from_name": "mask", "to_name": "frames"}
+        value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Object"]}
+        return {**region, "item_index": item, "original_width": 96, "original_height": 72, "value": value}, mask
+
+    first, _ = brush(0, 5)
+    task = {"id": 3, "data": {"frames": _frames(env["files"], 3), "expression": "the blue square"}}
+    project = {"id": 1, "label_config": FRAMES_CONFIG}
+    payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 9, "result": [first], "created_at": "t1"},
+               "task": task, "project": project}  # fmt: skip
     client.post("/webhook", json=payload)
+    second, second_mask = brush(2, 40)
     payload2 = dict(
-        payload, action="ANNOTATION_UPDATED", annotation={"id": 9, "result": [{"x": 1}, {"x": 2}], "updated_at": "t2"}
+        payload, action="ANNOTATION_UPDATED", annotation={"id": 9, "result": [second], "updated_at": "t2"}
     )
     client.post("/webhook", json=payload2)
+    bad = {"action": "ANNOTATION_CREATED", "annotation": {"id": 10, "result": []}, "task": {"id": 4, "data": {}},
+           "project": {"id": 1, "label_config": "<View><Text name='t' value='$text'/></View>"}}  # fmt: skip
+    client.post("/webhook", json=bad)
     env["created"].extend(queues.queue("ingest").job_ids)
     _run_worker_burst(env["env"])
     stored = Path(env["settings"].model_dir) / "data/annotations/project_1/task_3/annotation_9.json"
-    assert json.loads(stored.read_text())["annotation"]["result"] == [{"x": 1}, {"x": 2}]
+    assert json.loads(stored.read_text())["annotation"]["result"] == [second]
+    # the correction set (MeViS layout) holds the updated masks only
+    corrections = CorrectionSet.of_project(env["settings"].model_dir, 1)
+    assert corrections.task_ids() == [3]
+    dataset = open_dataset("mevis", corrections.root.parent, corrections.root.name)
+    gt = dataset.gt_masks("task3", "0")
+    assert gt.shape == (3, 72, 96) and not gt[0].any() and np.array_equal(gt[2].astype(bool), second_mask)
+    # a correction the backend cannot read fails with the reason; the raw annotation is still kept
+    failed = [queues.fetch(j) for j in queues.queue("ingest").failed_job_registry.get_job_ids()]
+    assert len(failed) == 1 and "not usable for training" in failed[0].latest_result().exc_string
     client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 9}], "project": {"id": 1}})
     env["created"].extend(queues.queue("ingest").job_ids)
     _run_worker_burst(env["env"])
-    assert not stored.exists()
-    time.sleep(0)
+    assert not stored.exists() and corrections.task_ids() == []
 
 
 def test_worker_pool_runs_one_process_per_device(env):

@@ -1,0 +1,107 @@
+"""The backend's real processes for integration tests: the web process (``_wsgi.py``) and one RQ worker
+subprocess, on a test Redis prefix, talking to a real Label Studio. Everything they create in Redis is removed
+afterwards; their logs stay in ``tmp/logs``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from conftest import ROOT, delete_test_keys
+from redis import Redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """``predicate()``'s first truthy value, polled until ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def responds(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str] | None = None) -> Iterator[dict]:
+    """Start web + worker with ``MODEL_DIR=tmp/model_dir`` (``env`` adds or overrides settings); yields
+    ``{"url", "ls", "tmp", "logs", "redis", "prefix", "version", "env"}``."""
+    prefix = f"glustest{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.pat,
+        "REDIS_URL": redis_url,
+        "GLUS_QUEUE_PREFIX": prefix,
+        "MODEL_DIR": str(tmp / "model_dir"),
+        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
+        "GLUS_JOB_RETRIES": "2",
+        "GLUS_RETRY_INTERVALS": "1",
+        **(env or {}),
+    }
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    web = subprocess.Popen(
+        [sys.executable, str(ROOT / "_wsgi.py"), "--host", "127.0.0.1", "--port", str(port)],
+        env=full_env,
+        stdout=open(logs / "web.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "glus_backend.cli", "worker", "--device", "cpu"],
+        env=full_env,
+        stdout=open(logs / "worker.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    redis = Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: responds(url + "/health"), 60, "the backend web process")
+        wait_for(lambda: requests.get(url + "/metrics", timeout=2).json()["workers"] > 0, 120, "the worker")
+        yield {
+            "url": url,
+            "ls": label_studio,
+            "tmp": tmp,
+            "logs": logs,
+            "redis": redis,
+            "prefix": prefix,
+            "version": requests.get(url + "/health").json()["model_version"],
+            "env": full_env,
+        }
+    finally:
+        for proc in (web, worker):
+            proc.terminate()
+        for proc in (web, worker):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        job_ids = [
+            k.decode().split(":")[-1]
+            for k in redis.scan_iter(match="rq:job:*", count=1000)
+            if (redis.hget(k, "origin") or b"").decode().startswith(prefix)
+        ]
+        delete_test_keys(redis, prefix, job_ids)
