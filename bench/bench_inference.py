@@ -6,10 +6,10 @@ In one run, on one video with several expressions:
   prompt images every step, whole-prompt prefill and ``generate`` every step, SAM-2 image features once per
   expression (what the reference inference script does);
 * ``exact``: :class:`model.inference.VideoSegmenter` with its defaults (prompt-prefix KV cache, per-video
-  CLIP / SAM-2 feature caches shared by the expressions, batched encoders, the expressions' prompt suffixes
-  through the LLM as one right-padded batch, one forward per step, prefetch); its masks must equal the
-  reference's: the max abs mask-logit difference is printed. ``exact, unbatched LLM`` is the same path with
-  one LLM forward per expression (to show what the batching adds);
+  CLIP / SAM-2 feature caches shared by the expressions, batched encoders, the expressions batched through
+  the LLM (right-padded prompt suffixes) and through SAM-2's memory attention, decoder and memory encoder,
+  one forward per step, prefetch); its masks must equal the reference's: the max abs mask-logit difference is
+  printed. ``exact, one expression at a time`` is the same path without the expression batching;
 * throughput modes (not exact): ``clip`` schedule, ``llm_every=2`` and ``llm_every=4``, with their mask IoU
   against the exact masks.
 
@@ -156,7 +156,7 @@ def main() -> None:
         rows.append({"mode": "reference-style loop", "seconds": reference_seconds, "iou_vs_exact": 1.0})
     rows.append({"mode": "exact (default)", "seconds": exact_seconds, "iou_vs_exact": 1.0})
     for name, options in (
-        ("exact, unbatched LLM", {"batch_expressions": False}),
+        ("exact, one expression at a time", {"batch_expressions": False}),
         ("clip schedule", {"schedule": "clip"}),
         ("llm_every=2", {"llm_every": 2}),
         ("llm_every=4", {"llm_every": 4}),
@@ -167,10 +167,10 @@ def main() -> None:
         rows.append({"mode": name, "seconds": seconds, "iou_vs_exact": mean_iou(masks, exact_masks)})
 
     base = reference_seconds or exact_seconds
-    print(f"\n{'mode':<24}{'s':>9}{'frames/s/expr':>15}{'x reference':>13}{'IoU vs exact':>14}")
+    print(f"\n{'mode':<34}{'s':>9}{'frames/s/expr':>15}{'x reference':>13}{'IoU vs exact':>14}")
     for row in rows:
         fps = work / row["seconds"]
-        print(f"{row['mode']:<24}{row['seconds']:>9.2f}{fps:>15.1f}{base / row['seconds']:>13.2f}"
+        print(f"{row['mode']:<34}{row['seconds']:>9.2f}{fps:>15.1f}{base / row['seconds']:>13.2f}"
               f"{row['iou_vs_exact']:>14.3f}")
     if max_diff is not None:
         print(f"\nexact vs reference: masks identical: {identical}; max abs mask-logit difference {max_diff:.2e}")

@@ -1,6 +1,6 @@
-"""Whole-video inference: ``segment(frames, expressions) -> masks``, one expression at a time.
+"""Whole-video inference: ``segment(frames, expressions) -> masks``.
 
-For each expression:
+For each expression (the expressions that share a key frame run in lockstep, batched, with the same result):
 
 1. four context frames are fixed for the whole video (the middle of each quarter, as the reference's
    inference script chooses them);
@@ -59,7 +59,7 @@ class SegmentOptions:
     context_frames: bool = True  # False: no global context frames in the prompt (an ablation)
     # --- speed (exact: the same masks) ---
     prefix_cache: bool = True  # KV cache of the prompt prefix (system prompt + context frames), once per video
-    batch_expressions: bool = True  # the expressions' prompt suffixes through the LLM as one right-padded batch
+    batch_expressions: bool = True  # expressions batched: LLM prompt suffixes (right-padded), SAM-2 decoder + memory
     cache_frames: int = 16  # CLIP / SAM-2 features kept per video (bounded, least recently used out)
     encode_batch: int = 4  # frames encoded together by CLIP and by SAM-2's image encoder
     # --- throughput (not exact: measured quality cost in the README) ---
@@ -345,10 +345,10 @@ class VideoSegmenter:
                 feats = None
                 if any(embedding is not None for embedding, _, _ in prompts):
                     feats = video.sam_features(frame_index, stream[position + 1 : position + video.encode_batch])
-                for e, (embedding, probability, step_trace) in enumerate(prompts):
-                    outcome = self._segment_frame(
-                        video, frame_index, position, feats, embedding, banks[e], use_memory, step_trace
-                    )
+                outcomes = self._segment_frame(
+                    video, frame_index, position, feats, prompts, banks, use_memory, options.batch_expressions
+                )
+                for e, (outcome, (_, probability, step_trace)) in enumerate(zip(outcomes, prompts)):
                     outcome.seg_probability = probability
                     if step_trace is not None:
                         trace(step_trace)
@@ -360,34 +360,62 @@ class VideoSegmenter:
         frame_index: int,
         position: int,
         feats: FrameFeatures | None,
-        seg_embedding: torch.Tensor | None,
-        bank: MemoryBank,
+        prompts: list[tuple[torch.Tensor | None, float, StepTrace | None]],
+        banks: list[MemoryBank],
         use_memory: bool,
-        step_trace: StepTrace | None,
-    ) -> FrameResult:
+        batched: bool = True,
+    ) -> list[FrameResult]:
+        """SAM-2 on one frame for every expression (``prompts``: its ``[SEG]`` embedding or None, ...). The
+        expressions whose banks read the same memory positions are decoded as one batch (``batched``)."""
         height, width = video.frame_size(frame_index)
-        if seg_embedding is None:
-            logger.debug("no [SEG] predicted for frame %d: target absent", frame_index)
-            return FrameResult(frame_index, np.zeros((height, width), dtype=bool), 0.0, False, 0.0)
+        results: list[FrameResult | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for e, (embedding, _, _) in enumerate(prompts):
+            if embedding is None:
+                logger.debug("no [SEG] predicted for frame %d: target absent", frame_index)
+                results[e] = FrameResult(frame_index, np.zeros((height, width), dtype=bool), 0.0, False, 0.0)
+                continue
+            key = tuple(banks[e].read_positions(position)) if use_memory else ()
+            groups.setdefault(key if batched else (e,), []).append(e)
         cfg = self.config
-        memories = bank.read(position) if use_memory else []
-        conditioned = self.model.condition_on_memory(feats, memories)
-        decoded = self.model.decode_masks(conditioned, feats, seg_embedding.unsqueeze(0))
-        mask_logits = upsample_logits(decoded.lowres_logits, (height, width))[0, 0]
-        mask = (mask_logits > cfg.mask_threshold).cpu().numpy()
-        written = None
-        if use_memory:
-            written = self.model.encode_memory(conditioned, feats, decoded.lowres_logits)
-            bank.write(position, written)
-        if step_trace is not None:
-            step_trace.image_embed = conditioned.permute(1, 2, 0).reshape(-1, *feats.top_size)
-            step_trace.high_res = [h[0] for h in feats.high_res]
-            step_trace.lowres_logits = decoded.lowres_logits[0, 0]
-            step_trace.iou_prediction = decoded.iou_prediction[0]
-            step_trace.object_score_logit = decoded.object_score_logits[0]
-            step_trace.mask_logits = mask_logits
-            step_trace.memory_written = written
-        return FrameResult(frame_index, mask, float(decoded.iou_prediction[0, 0]), True, 0.0)
+        for members in groups.values():
+            batch = len(members)
+            frame_feats = feats.expand(batch)
+            memories = _stack_memories([banks[e].read(position) for e in members]) if use_memory else []
+            conditioned = self.model.condition_on_memory(frame_feats, memories)
+            if conditioned.shape[1] != batch:  # no memory yet: the frame's features plus no_mem_embed
+                conditioned = conditioned.expand(-1, batch, -1)
+            embeddings = torch.stack([prompts[e][0] for e in members])
+            decoded = self.model.decode_masks(conditioned, frame_feats, embeddings)
+            mask_logits = upsample_logits(decoded.lowres_logits, (height, width))[:, 0]
+            masks = (mask_logits > cfg.mask_threshold).cpu().numpy()
+            written = self.model.encode_memory(conditioned, frame_feats, decoded.lowres_logits) if use_memory else None
+            for row, e in enumerate(members):
+                entry = None
+                if written is not None:
+                    entry = MemoryEntry(written.features[row : row + 1], written.pos_enc[row : row + 1])
+                    banks[e].write(position, entry)
+                step_trace = prompts[e][2]
+                if step_trace is not None:
+                    step_trace.image_embed = conditioned[:, row].T.reshape(-1, *feats.top_size)
+                    step_trace.high_res = [h[0] for h in feats.high_res]
+                    step_trace.lowres_logits = decoded.lowres_logits[row, 0]
+                    step_trace.iou_prediction = decoded.iou_prediction[row]
+                    step_trace.object_score_logit = decoded.object_score_logits[row]
+                    step_trace.mask_logits = mask_logits[row]
+                    step_trace.memory_written = entry
+                results[e] = FrameResult(frame_index, masks[row], float(decoded.iou_prediction[row, 0]), True, 0.0)
+        return results  # type: ignore[return-value]
+
+
+def _stack_memories(per_expression: list[list[MemoryEntry]]) -> list[MemoryEntry]:
+    """Memories of several expressions at the same positions as batched entries (one batch row each)."""
+    if len(per_expression) == 1:
+        return per_expression[0]
+    return [
+        MemoryEntry(torch.cat([m.features for m in slot]), torch.cat([m.pos_enc for m in slot]))
+        for slot in zip(*per_expression)
+    ]
 
 
 def _as_source(frames: FrameSource | Sequence[np.ndarray] | np.ndarray) -> FrameSource:

@@ -41,7 +41,7 @@ def reference(tiny, moving_square_video):
         SegmentOptions(encode_batch=8, cache_frames=2),
         SegmentOptions(batch_expressions=False),
     ],
-    ids=["default", "no-caches", "small-cache-big-batch", "expressions-one-by-one"],
+    ids=["default", "no-caches", "small-cache-big-batch", "expressions-one-at-a-time"],
 )
 def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, reference, options):
     fast = _logits(tiny, moving_square_video[:FRAMES], options)

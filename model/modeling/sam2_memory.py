@@ -55,6 +55,17 @@ class FrameFeatures:
     high_res: list[torch.Tensor]  # (B, C, H, W) levels after conv_s0 / conv_s1
     top_size: tuple[int, int]
 
+    def expand(self, batch: int) -> FrameFeatures:
+        """One frame's features as a batch of ``batch`` rows (views, no copy), e.g. one per expression."""
+        if self.top.shape[1] == batch:
+            return self
+        return FrameFeatures(
+            self.top.expand(-1, batch, -1),
+            self.top_pos.expand(-1, batch, -1),
+            [h.expand(batch, *h.shape[1:]) for h in self.high_res],
+            self.top_size,
+        )
+
     def select(self, index: torch.Tensor | list[int]) -> FrameFeatures:
         """Rows of the batch (e.g. one frame repeated for several expressions)."""
         idx = torch.as_tensor(index, device=self.top.device)
