@@ -29,7 +29,7 @@ import numpy as np
 
 from .corrections import decode_annotation, latest_annotation
 from .label_config import parse_label_config
-from .prompts import extract_prompts
+from .prompts import DEFAULT_EXPRESSION_FIELDS, extract_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,14 @@ class CorrectionSet:
     def task_ids(self) -> list[int]:
         return sorted(int(p.stem[4:]) for p in self.tasks_dir.glob("task*.json")) if self.tasks_dir.is_dir() else []
 
+    def _entry_path(self, task_id: int) -> Path:
+        return self.tasks_dir / f"task{int(task_id)}.json"
+
+    def _frames_dir(self, task_id: int) -> Path:
+        return self.root / "JPEGImages" / f"task{int(task_id)}"
+
     def entry(self, task_id: int) -> dict:
-        return json.loads((self.tasks_dir / f"task{int(task_id)}.json").read_text())
+        return json.loads(self._entry_path(task_id).read_text())
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -112,7 +118,7 @@ class CorrectionSet:
         annotation: dict,
         label_config: str,
         frames: list[np.ndarray],
-        expression_fields: Sequence[str] = ("expressions", "expression", "prompt"),
+        expression_fields: Sequence[str] = DEFAULT_EXPRESSION_FIELDS,
     ) -> dict:
         """Write (or replace) a task's entry from ``annotation``; returns the entry."""
         entry = task_entry(task, annotation, label_config, frames, expression_fields)
@@ -138,13 +144,13 @@ class CorrectionSet:
         tasks: list[dict],
         label_config: str,
         frame_loader: FrameLoader,
-        expression_fields: Sequence[str] = ("expressions", "expression", "prompt"),
+        expression_fields: Sequence[str] = DEFAULT_EXPRESSION_FIELDS,
     ) -> dict:
         """Make the set exactly the annotated ``tasks`` (a project's export): entries of other tasks go. A task
         whose entry already comes from the same annotation version is not fetched or decoded again."""
         summary = {"tasks": 0, "expressions": 0, "written": 0, "removed": 0, "unassigned_regions": 0}
         keep = set()
-        with self._locked():
+        with self._locked():  # held throughout: an ingest meanwhile waits, then writes the newer annotation
             for task in tasks:
                 annotation = latest_annotation(task)
                 if annotation is None:
@@ -173,22 +179,19 @@ class CorrectionSet:
         with self._locked():
             entries = [self.entry(t) for t in sorted(task_ids)]
             for entry in entries:
-                source = self.root / "JPEGImages" / f"task{entry['task_id']}"
+                source = self._frames_dir(entry["task_id"])
                 folder = out_dir / "JPEGImages" / source.name
                 folder.mkdir(exist_ok=True)
                 for frame in source.glob("*.jpg"):
                     if not (folder / frame.name).exists():
                         _link_or_copy(frame, folder / frame.name)
-        meta, mask_dict = _index(entries)
-        _atomic_write(out_dir / "mask_dict.json", mask_dict)
-        _atomic_write(out_dir / "meta_expressions.json", meta)
+        _write_index(out_dir, entries)
         return out_dir
 
     def _existing(self, task_id: int, annotation: dict) -> dict | None:
-        path = self.tasks_dir / f"task{task_id}.json"
-        if not path.is_file():
+        if not self._entry_path(task_id).is_file():
             return None
-        entry = json.loads(path.read_text())
+        entry = self.entry(task_id)
         same = (entry.get("annotation_id"), entry.get("updated_at")) == (
             annotation.get("id"),
             annotation.get("updated_at"),
@@ -198,14 +201,14 @@ class CorrectionSet:
     def _write_entry(self, entry: dict, frames: list[np.ndarray]) -> None:
         self._write_frames(entry["task_id"], frames)
         self.tasks_dir.mkdir(exist_ok=True)
-        _atomic_write(self.tasks_dir / f"task{entry['task_id']}.json", entry)
+        _atomic_write(self._entry_path(entry["task_id"]), entry)
 
     def _remove(self, task_id: int) -> None:
-        (self.tasks_dir / f"task{task_id}.json").unlink(missing_ok=True)
-        shutil.rmtree(self.root / "JPEGImages" / f"task{task_id}", ignore_errors=True)
+        self._entry_path(task_id).unlink(missing_ok=True)
+        shutil.rmtree(self._frames_dir(task_id), ignore_errors=True)
 
     def _write_frames(self, task_id: int, frames: list[np.ndarray]) -> None:
-        folder = self.root / "JPEGImages" / f"task{task_id}"
+        folder = self._frames_dir(task_id)
         if folder.is_dir() and len(list(folder.glob("*.jpg"))) == len(frames):
             return  # a task's media does not change between its annotations
         shutil.rmtree(folder, ignore_errors=True)
@@ -214,9 +217,7 @@ class CorrectionSet:
             cv2.imwrite(str(folder / f"{t:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), JPEG_PARAMS)
 
     def _rebuild_index(self) -> None:
-        meta, mask_dict = _index([self.entry(t) for t in self.task_ids()])
-        _atomic_write(self.root / "mask_dict.json", mask_dict)
-        _atomic_write(self.root / "meta_expressions.json", meta)
+        _write_index(self.root, [self.entry(t) for t in self.task_ids()])
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -226,8 +227,9 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def _index(entries: list[dict]) -> tuple[dict, dict]:
-    """``meta_expressions.json`` and ``mask_dict.json`` of task entries (annotation ids in entry order)."""
+def _write_index(folder: Path, entries: list[dict]) -> None:
+    """``meta_expressions.json`` and ``mask_dict.json`` of task entries (annotation ids in entry order); the
+    mask file first, so a reader never sees expressions without their masks."""
     videos: dict[str, dict] = {}
     mask_dict: dict[str, list] = {}
     for entry in entries:
@@ -237,4 +239,5 @@ def _index(entries: list[dict]) -> tuple[dict, dict]:
             mask_dict[str(anno_id)] = entry["masks"][exp_id]
             expressions[exp_id] = {**expression, "anno_id": [anno_id]}
         videos[f"task{entry['task_id']}"] = {"frames": entry["frames"], "expressions": expressions}
-    return {"videos": videos}, mask_dict
+    _atomic_write(folder / "mask_dict.json", mask_dict)
+    _atomic_write(folder / "meta_expressions.json", {"videos": videos})

@@ -239,8 +239,7 @@ def _add_to_correction_set(runtime: WorkerRuntime, project_id: int, task: dict, 
     from .corrections import task_frame_loader
 
     label_config = project.get("label_config") or ""
-    try:
-        parse_label_config(label_config)
+    try:  # the frame loader parses the config first: an unsupported one fails before any media is fetched
         frames = task_frame_loader(runtime.label_studio(), runtime.settings, label_config)(task)
         entry = CorrectionSet.of_project(runtime.settings.model_dir, project_id).put(
             task, annotation, label_config, frames, runtime.settings.expression_fields

@@ -30,7 +30,10 @@ from typing import Any
 
 from .label_config import LabelOption, ServedConfig
 
-__all__ = ["ObjectPrompt", "PromptError", "extract_prompts"]
+__all__ = ["DEFAULT_EXPRESSION_FIELDS", "ObjectPrompt", "PromptError", "extract_prompts"]
+
+DEFAULT_EXPRESSION_FIELDS = ("expressions", "expression", "prompt")
+"""Task data fields read as expressions, first present wins (``GLUS_EXPRESSION_FIELDS`` overrides)."""
 
 _SEPARATORS = re.compile(r"[;\r\n]+")
 
@@ -143,7 +146,7 @@ def _from_context(context: dict | None, options: tuple[LabelOption, ...]) -> lis
 def extract_prompts(
     task_data: dict,
     config: ServedConfig,
-    expression_fields: Sequence[str] = ("expressions", "expression", "prompt"),
+    expression_fields: Sequence[str] = DEFAULT_EXPRESSION_FIELDS,
     context: dict | None = None,
     max_objects: int = 20,
 ) -> list[ObjectPrompt]:

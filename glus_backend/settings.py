@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .prompts import DEFAULT_EXPRESSION_FIELDS
+
 
 def _env(*names: str, default: str | None = None) -> str | None:
     for name in names:
@@ -47,7 +49,7 @@ class Settings:
     key_frames: str = "first"  # GLUS_KEY_FRAMES: first | confidence
     llm_every: int = 1  # GLUS_LLM_EVERY: throughput mode, the LLM on every k-th frame (sliding schedule)
     # --- prediction ---
-    expression_fields: tuple[str, ...] = ("expressions", "expression", "prompt")  # GLUS_EXPRESSION_FIELDS
+    expression_fields: tuple[str, ...] = DEFAULT_EXPRESSION_FIELDS  # GLUS_EXPRESSION_FIELDS
     prelabel_on_import: bool = True  # GLUS_PRELABEL_ON_IMPORT: TASKS_CREATED webhooks enqueue predictions
     max_frames: int = 3000  # GLUS_MAX_FRAMES: longer videos fail with a clear reason
     max_media_bytes: int = 2 * 1024**3  # GLUS_MAX_MEDIA_BYTES

@@ -296,11 +296,12 @@ class VideoSegmenter:
                 e: self._prompt_ids(expressions[e], len(video.context_frames), len(rounds), open_last, prompt_cache)
                 for e in asking
             }
+            ids_list = [ids_of[e] for e in asking]
             if options.batch_expressions:
-                hidden_of = dict(zip(asking, video.hidden_states_batch([ids_of[e] for e in asking], frames_in_prompt,
-                                                                       upcoming)))  # fmt: skip
+                hidden_list = video.hidden_states_batch(ids_list, frames_in_prompt, upcoming)
             else:
-                hidden_of = {e: video.hidden_states(ids_of[e], frames_in_prompt, upcoming) for e in asking}
+                hidden_list = [video.hidden_states(ids, frames_in_prompt, upcoming) for ids in ids_list]
+            hidden_of = dict(zip(asking, hidden_list))
             per_expression = []
             for e in range(len(expressions)):
                 if e not in hidden_of:
@@ -383,8 +384,6 @@ class VideoSegmenter:
             frame_feats = feats.expand(batch)
             memories = _stack_memories([banks[e].read(position) for e in members]) if use_memory else []
             conditioned = self.model.condition_on_memory(frame_feats, memories)
-            if conditioned.shape[1] != batch:  # no memory yet: the frame's features plus no_mem_embed
-                conditioned = conditioned.expand(-1, batch, -1)
             embeddings = torch.stack([prompts[e][0] for e in members])
             decoded = self.model.decode_masks(conditioned, frame_feats, embeddings)
             mask_logits = upsample_logits(decoded.lowres_logits, (height, width))[:, 0]

@@ -1,5 +1,7 @@
 """Exact-mode speedups: the cached, lockstep path gives the reference-style loop's masks."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,25 @@ def _logits(tiny, video, options, expressions=EXPRESSIONS):
         step = order[-1]
         out[(e, result.frame_index)] = (result.mask, step.mask_logits.clone())
     return out
+
+
+@contextmanager
+def _video_contexts():
+    """The :class:`VideoContext` objects created inside the block (to read their ``stats``)."""
+    from model import video_context
+
+    created = []
+    original = video_context.VideoContext.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    video_context.VideoContext.__init__ = spy
+    try:
+        yield created
+    finally:
+        video_context.VideoContext.__init__ = original
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +77,11 @@ def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, refer
 
 
 def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, moving_square_video):
-    from model import video_context
 
     model, tok = tiny
-    created = []
-    original = video_context.VideoContext.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        created.append(self)
-
-    video_context.VideoContext.__init__ = spy
-    try:
+    with _video_contexts() as created:
         segmenter = VideoSegmenter(model, tok)
         list(segmenter.segment_stream(moving_square_video, EXPRESSIONS, SegmentOptions(cache_frames=32)))
-    finally:
-        video_context.VideoContext.__init__ = original
     (ctx,) = created
     n = len(moving_square_video)
     assert ctx.stats["prefix_fills"] == 1
@@ -82,22 +92,11 @@ def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, mov
 
 
 def test_frames_no_expression_prompts_are_not_encoded_by_sam2(moving_square_video):
-    from model import video_context
     from model.factory import random_model
 
     model, tok = random_model("glus-tiny", seed=0, seg_logit_bias=-20.0)  # the LLM never predicts [SEG]
-    created = []
-    original = video_context.VideoContext.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        created.append(self)
-
-    video_context.VideoContext.__init__ = spy
-    try:
+    with _video_contexts() as created:
         results = list(VideoSegmenter(model, tok).segment_stream(moving_square_video[:5], EXPRESSIONS))
-    finally:
-        video_context.VideoContext.__init__ = original
     assert len(results) == 5 * len(EXPRESSIONS)
     assert all(r.absent_reason == "no_seg_token" and r.mask.shape == (96, 128) for _, _, r in results)
     assert created[0].stats["sam_frames_encoded"] == 0 and created[0].stats["clip_frames_encoded"] == 5
