@@ -5,7 +5,9 @@ trivial baselines, and inference-time ablations.
                    [--compare no-contrastive=DIR]      # other checkpoints, evaluated with the "full" row
 
 ``--rows ablation`` is the paper's ablation table on this data (with ``--compare`` for the model trained
-without the contrastive loss).
+without the contrastive loss). ``--by-template`` adds a second table, J&F per grammar template (look-alike
+contrasts apart) next to the motion-blind baselines: it tells which skill is missing (e.g. the relations and
+the motion templates failing together point at location, not at motion).
 
 Categories: all, appearance, relation, motion, multi, and motion_lookalikes (motion expressions that tell apart
 objects of the same colour and shape: the case the global-local design is for). Baselines: empty masks, the
@@ -43,14 +45,15 @@ THROUGHPUT_ROWS = "no-kfs,fast-clip,fast-llm-every-2,fast-llm-every-4"
 
 
 def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str], limit: int | None = None,
-                        device: str = "cpu") -> dict[str, dict]:
-    """``{row: {category: DatasetScore}}`` for each inference setting in ``rows``."""
+                        device: str = "cpu", by_template: bool = False) -> dict[str, dict]:
+    """``{row: {category: DatasetScore}}`` for each inference setting in ``rows`` (with ``by_template``, also
+    one ``template:...`` category per grammar template)."""
     from .checkpoint import from_pretrained
     from .datasets import open_dataset
     from .evaluation.metrics import aggregate, score_expression
     from .inference import Expression, SegmentOptions, VideoSegmenter
     from .keyframes import ConfidenceKeyFrames, FirstFrame
-    from .synthetic.baselines import CATEGORIES
+    from .synthetic.baselines import CATEGORIES, template_category
     from .synthetic.dataset import load_split_extras
     from .video_io import FrameFiles
 
@@ -73,8 +76,10 @@ def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str
                 score = score_expression(video.video_id, expr.exp_id, result.masks, gt)
                 extra = info[video.video_id][expr.exp_id]
                 categories = ["all", extra["kind"]] + (["motion_lookalikes"] if extra["motion_lookalikes"] else [])
+                if by_template:
+                    categories.append(template_category(extra.get("template", ""), extra["motion_lookalikes"]))
                 for category in categories:
-                    scores[category].append(score)
+                    scores.setdefault(category, []).append(score)
         results[row] = {c: aggregate(s) for c, s in scores.items() if s}
     return results
 
@@ -90,6 +95,21 @@ def format_rows(model_rows: dict[str, dict], baselines: dict[str, dict]) -> str:
         overall = by_cat["all"]
         cells = [f"{by_cat[c].jf:.3f}" if c in by_cat else "–" for c in CATEGORIES[1:]]
         lines.append(f"| {name} | {overall.j:.3f} | {overall.f:.3f} | {overall.jf:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_template_rows(model_rows: dict[str, dict], baselines: dict[str, dict]) -> str:
+    """Markdown table: one line per grammar template, with its expression count and the J&F of every model row
+    and baseline (``template:`` categories, see :func:`model.synthetic.baselines.template_category`)."""
+    from .synthetic.baselines import TEMPLATE_PREFIX
+
+    columns = [*((f"model: {k}", v) for k, v in model_rows.items()), *((k, v) for k, v in baselines.items())]
+    templates = sorted({c for _, by_cat in columns for c in by_cat if c.startswith(TEMPLATE_PREFIX)})
+    lines = ["| template | n | " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * (2 + len(columns))]
+    for template in templates:
+        count = next(by_cat[template].n_expressions for _, by_cat in columns if template in by_cat)
+        cells = [f"{by_cat[template].jf:.3f}" if template in by_cat else "–" for _, by_cat in columns]
+        lines.append(f"| {template[len(TEMPLATE_PREFIX):]} | {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -109,6 +129,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         help="another checkpoint, evaluated with the 'full' row and printed as 'NAME' (repeatable)",
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
+    parser.add_argument(
+        "--by-template", action="store_true", help="also print J&F per grammar template, next to the baselines"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
 
@@ -129,11 +152,17 @@ def run_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"--compare expects NAME=DIR with an existing checkpoint folder, got {item!r}")
         compare.append((name, Path(path)))
     checkpoint = resolve_checkpoint(args.checkpoint)
-    model_rows = evaluate_checkpoint(checkpoint, args.root, args.split, rows, args.limit, args.device)
+    by_template = args.by_template
+    model_rows = evaluate_checkpoint(checkpoint, args.root, args.split, rows, args.limit, args.device, by_template)
     for name, path in compare:
-        model_rows[name] = evaluate_checkpoint(path, args.root, args.split, ["full"], args.limit, args.device)["full"]
-    baselines = evaluate_split(args.root, args.split, progress=False) if not args.limit else {}
+        model_rows[name] = evaluate_checkpoint(
+            path, args.root, args.split, ["full"], args.limit, args.device, by_template
+        )["full"]
+    baselines = evaluate_split(args.root, args.split, progress=False, by_template=by_template) if not args.limit else {}
     table = format_rows(model_rows, baselines)
+    if by_template:
+        shown = {k: v for k, v in baselines.items() if k in ("all_objects", "appearance_union")}
+        table += "\n\n" + format_template_rows(model_rows, shown)
     print(f"checkpoint {checkpoint}, split {args.split}")
     print(table)
     if args.out is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ class GlusConfig:
     vision_feature_layer: int = -2  # hidden state of the penultimate layer, CLS token dropped
     vision_token_pool: int = 4  # average every 4 consecutive patch tokens (raster order): 256 -> 64
     projector_type: str = "linear"  # "linear" (GLUS) or "mlp2x_gelu" (tiny-model aid)
+    # tiny-model aids for the visual tokens (see VisionProjector), off for glus-7b: square pooling cells instead
+    # of GLUS's 1x4 strips, unit-scale tokens, and a fixed 2-D position embedding
+    vision_token_pool_layout: str = "raster"  # "raster" (GLUS) or "grid"
+    projector_output_norm: str | None = None  # None (GLUS) or "layernorm"
+    vision_position_embedding: str | None = None  # None (GLUS) or "sincos2d"
     clip_image_size: int = 224
     clip_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     clip_std: tuple[float, float, float] = OPENAI_CLIP_STD
@@ -78,6 +84,15 @@ class GlusConfig:
         self.sam_std = tuple(self.sam_std)
         if self.projector_type not in ("linear", "mlp2x_gelu"):
             raise ValueError(f"unknown projector_type {self.projector_type!r}")
+        if self.vision_token_pool_layout not in ("raster", "grid"):
+            raise ValueError(f"unknown vision_token_pool_layout {self.vision_token_pool_layout!r}")
+        square = math.isqrt(self.vision_token_pool) ** 2 == self.vision_token_pool
+        if self.vision_token_pool_layout == "grid" and not square:
+            raise ValueError("vision_token_pool_layout 'grid' needs a square vision_token_pool (1, 4, 9, ...)")
+        if self.projector_output_norm not in (None, "layernorm"):
+            raise ValueError(f"unknown projector_output_norm {self.projector_output_norm!r}")
+        if self.vision_position_embedding not in (None, "sincos2d"):
+            raise ValueError(f"unknown vision_position_embedding {self.vision_position_embedding!r}")
         if self.seg_hidden_norm not in (None, "batchnorm"):
             raise ValueError(f"unknown seg_hidden_norm {self.seg_hidden_norm!r}")
         if self.seg_output_norm not in (None, "layernorm"):
@@ -95,8 +110,13 @@ class GlusConfig:
         return int(self.vision["hidden_size"])
 
     @property
+    def patch_grid(self) -> int:
+        """CLIP patches per image side."""
+        return int(self.vision["image_size"]) // int(self.vision["patch_size"])
+
+    @property
     def visual_tokens_per_image(self) -> int:
-        patches = (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+        patches = self.patch_grid**2
         if patches % self.vision_token_pool:
             raise ValueError("patch count must be divisible by vision_token_pool")
         return patches // self.vision_token_pool

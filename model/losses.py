@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def seg_token_ce(logits_at_seg_states: torch.Tensor, seg_token_id: int) -> torch.Tensor:
@@ -39,6 +40,44 @@ def mask_dice(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1000.0
     numerator = 2 * (p / scale * g).sum(-1)
     denominator = (p / scale).sum(-1) + (g / scale).sum(-1)
     return (1 - (numerator + eps) / (denominator + eps)).mean()
+
+
+def mask_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., H, W)`` bool masks -> ``(..., 4)`` (centre x, centre y, width, height) as fractions of the frame,
+    and ``(...)`` whether each mask is non-empty (an empty mask's box is 0)."""
+    h, w = masks.shape[-2:]
+    m = masks.float()
+    ys = torch.arange(h, device=masks.device, dtype=m.dtype).view(h, 1)
+    xs = torch.arange(w, device=masks.device, dtype=m.dtype).view(1, w)
+    area = m.sum((-1, -2))
+    present = area > 0
+    cx = (m * xs).sum((-1, -2)) / area.clamp(min=1) / w
+    cy = (m * ys).sum((-1, -2)) / area.clamp(min=1) / h
+    rows, cols = masks.any(-1), masks.any(-2)
+    ys, xs = ys.view(h), xs.view(w)
+    height = (torch.where(rows, ys, -1.0).amax(-1) - torch.where(rows, ys, float(h)).amin(-1) + 1).clamp(min=0) / h
+    width = (torch.where(cols, xs, -1.0).amax(-1) - torch.where(cols, xs, float(w)).amin(-1) + 1).clamp(min=0) / w
+    return torch.stack([cx, cy, width, height], -1) * present.unsqueeze(-1), present
+
+
+class TargetLocationLoss(nn.Module):
+    """Training aid for a language model trained from scratch (off in GLUS): a BatchNorm + linear probe on the
+    states that predict ``[SEG]`` regresses the target's box at that frame (smooth L1, frames where the target
+    is visible). It asks the LLM to say *where* the referred object is, which relations and motion among
+    look-alikes need and which the mask loss, reaching the LLM only through SAM-2's decoder, does not teach a
+    from-scratch model. The probe is not part of the saved model."""
+
+    def __init__(self, hidden: int, beta: float = 0.05) -> None:
+        super().__init__()
+        self.probe = nn.Sequential(nn.BatchNorm1d(hidden), nn.Linear(hidden, 4))
+        self.beta = beta
+
+    def forward(self, seg_states: torch.Tensor, target_masks: torch.Tensor) -> torch.Tensor:
+        """``(R, Q, C)`` states and ``(R, Q, H, W)`` target masks -> the mean box error over visible targets."""
+        boxes, present = mask_boxes(target_masks)
+        predicted = self.probe(seg_states.flatten(0, 1).float()).view(*boxes.shape)
+        error = F.smooth_l1_loss(predicted, boxes, reduction="none", beta=self.beta).sum(-1)
+        return (error * present).sum() / present.sum().clamp(min=1)
 
 
 @dataclass(frozen=True)

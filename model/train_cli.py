@@ -141,6 +141,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "any-frame positives in the contrastive loss",
     )
     parser.add_argument(
+        "--visual-token-aids",
+        action="store_true",
+        help="tiny-model switches for the visual tokens, from scratch (see the model card): square pooling cells, "
+        "LayerNorm on the projected tokens, a fixed 2-D position embedding",
+    )
+    parser.add_argument(
         "--curriculum-steps", type=int, default=0, help="synthetic: appearance-only scenes for the first N steps"
     )
     parser.add_argument(
@@ -161,6 +167,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--contrastive-weight", type=float, default=0.1)
+    parser.add_argument(
+        "--location-weight",
+        type=float,
+        default=0.0,
+        help="tiny-model aid: weight of a loss that makes the [SEG] states regress the target's box (0 = off, GLUS)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="train without the memory bank (ablation)")
     parser.add_argument(
         "--train-parts",
@@ -218,6 +230,10 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
             config.open_prompt_trailing_space = False
             config.projector_type = "mlp2x_gelu"
             config.sam_multimask_fallback = False
+        if args.visual_token_aids:
+            config.vision_token_pool_layout = "grid"
+            config.projector_output_norm = "layernorm"
+            config.vision_position_embedding = "sincos2d"
         model, tokenizer = random_model(config, seed=args.seed)
     if args.synthetic:
         source = SyntheticTrainingSource(args.seed, args.curriculum_steps)
@@ -238,6 +254,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         prompt_templates=args.prompt_templates or ("inference" if args.from_scratch_aids else "random"),
         same_video_negatives=args.from_scratch_aids or args.contrastive_aids,
         positives_any_frame=args.from_scratch_aids or args.contrastive_aids,
+        location_weight=args.location_weight,
     )
     main = distributed.is_main
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import DistributedContext
-from .losses import ObjectContrastiveLoss, SegTokenKey, mask_bce, mask_dice, seg_token_ce
+from .losses import ObjectContrastiveLoss, SegTokenKey, TargetLocationLoss, mask_bce, mask_dice, seg_token_ce
 from .modeling.glus import GlusModel, seg_state_positions
 from .modeling.memory_bank import MemoryBank
 from .preprocessing import clip_pixel_values, sam_pixel_values
@@ -73,6 +73,7 @@ class TrainConfig:
     num_negatives: int = 128
     same_video_negatives: bool = False  # always use the anchor video's other objects as negatives (tiny aid)
     positives_any_frame: bool = False  # the same objects at other query frames are positives too (tiny aid)
+    location_weight: float = 0.0  # > 0: the [SEG] states also regress the target's box (tiny aid, losses.py)
     query_frames: int = 4
     expressions_per_video: int = 3
     mem_stride: int = 1
@@ -110,6 +111,7 @@ class TrainStepStats:
     contrastive_anchors: int
     lr: float
     seconds: float
+    location: float = 0.0
 
 
 def sample_clip(
@@ -181,6 +183,13 @@ class Trainer:
             same_video_negatives=config.same_video_negatives,
             positives_any_frame=config.positives_any_frame,
         )
+        self.location: TargetLocationLoss | None = None
+        if config.location_weight > 0:  # a training-only probe: optimised with the model, never saved
+            self.location = TargetLocationLoss(model.config.llm_hidden_size).to(device)
+            probe = list(self.location.parameters())
+            self.distributed.broadcast_parameters(self.location)
+            self.optimizer.add_param_group({"params": probe, "weight_decay": 0.0})
+            self.params = self.params + probe
         self.step_index = 0
 
     def lr_at(self, step: int) -> float:
@@ -289,7 +298,13 @@ class Trainer:
             if cfg.contrastive_weight > 0
             else (torch.zeros((), device=self.device), 0)
         )
+        location = (
+            self.location.train()(out.seg_states, out.targets)
+            if self.location is not None
+            else torch.zeros((), device=self.device)
+        )
         loss = cfg.ce_weight * ce + cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.contrastive_weight * contrastive
+        loss = loss + cfg.location_weight * location
         lr = self.lr_at(self.step_index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -299,7 +314,9 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.step_index += 1
-        loss, ce, bce, dice, contrastive = (t.detach() for t in (loss, ce, bce, dice, contrastive))
+        loss, ce, bce, dice, contrastive, location = (
+            t.detach() for t in (loss, ce, bce, dice, contrastive, location)
+        )
         return TrainStepStats(
             self.step_index,
             loss.item(),
@@ -310,6 +327,7 @@ class Trainer:
             anchors,
             lr,
             time.perf_counter() - started,
+            location.item(),
         )
 
     def fit(
@@ -323,7 +341,8 @@ class Trainer:
                 on_step(stats)
             if stats.step % self.config.log_every == 0 or stats.step == self.config.steps:
                 logger.info(
-                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs", *asdict(stats).values()
+                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs loc %.4f",
+                    *asdict(stats).values(),
                 )
         self.model.eval()
         return history

@@ -130,3 +130,51 @@ def test_multimask_fallback_switch():
             prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 8, 8), repeat_image=False,
             high_res_features=feats.high_res)
     assert torch.allclose(out.lowres_logits, all_masks[:, 0:1])  # always the trained single-mask token
+
+
+def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tmp_path):
+    """The from-scratch visual-token switches: "grid" pools 2x2 squares where GLUS pools 1x4 strips, the
+    LayerNorm gives every token unit scale, and the fixed 2-D position embedding is each pooled cell's own
+    (rebuilt from the config, not stored); glus-7b keeps the reference projector."""
+    import pytest
+
+    from model.checkpoint import from_pretrained, save_pretrained
+    from model.config import GlusConfig, get_config
+    from model.factory import random_model
+    from model.modeling.projector import VisionProjector, pool_patch_tokens, sincos_2d
+
+    patch_index = torch.arange(64.0).view(1, 64, 1)  # an 8x8 patch grid, raster order
+    assert pool_patch_tokens(patch_index, 4, "raster", 8).flatten().tolist()[:3] == [1.5, 5.5, 9.5]  # strips
+    squares = pool_patch_tokens(patch_index, 4, "grid", 8).view(4, 4)
+    assert squares[0, 0] == (0 + 1 + 8 + 9) / 4 and squares[1, 2] == (20 + 21 + 28 + 29) / 4
+
+    projector = VisionProjector(16, 32, 4, "mlp2x_gelu", "grid", "layernorm", "sincos2d", patch_grid=8)
+    table = projector.position_embedding
+    assert table.shape == (16, 32) and torch.equal(table[5], sincos_2d(torch.tensor([[2.5, 2.5]]), 32)[0])
+    assert torch.cdist(table, table).add(torch.eye(16) * 9).min() > 0.1  # every cell's embedding differs
+    assert "position_embedding" not in projector.state_dict()
+    with torch.no_grad():
+        tokens = projector(torch.randn(3, 64, 16) * 50)
+        normalised = projector.output_norm(projector.linear_2(projector.act(projector.linear_1(
+            pool_patch_tokens(torch.randn(3, 64, 16) * 50, 4, "grid", 8)))))
+    assert tokens.shape == (3, 16, 32)
+    assert normalised.pow(2).mean(-1).sqrt().sub(1).abs().max() < 1e-3  # unit scale, whatever the input
+
+    config = get_config("glus-tiny")
+    config.vision_token_pool_layout, config.projector_output_norm = "grid", "layernorm"
+    config.vision_position_embedding = "sincos2d"
+    model, tokenizer = random_model(config, seed=0)
+    frames = torch.rand(2, 3, config.clip_image_size, config.clip_image_size)
+    loaded, _, _ = from_pretrained(save_pretrained(model, tokenizer, tmp_path / "ckpt"))
+    assert loaded.config.vision_position_embedding == "sincos2d"
+    with torch.no_grad():
+        assert torch.equal(model.encode_images(frames), loaded.encode_images(frames))
+    for field, bad in (("vision_token_pool_layout", "hex"), ("projector_output_norm", "rms"),
+                       ("vision_position_embedding", "learned")):  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            GlusConfig.from_dict({**config.to_dict(), field: bad})
+    with pytest.raises(ValueError, match="square"):
+        GlusConfig.from_dict({**config.to_dict(), "vision_token_pool": 2})
+    reference = get_config("glus-7b")
+    assert (reference.vision_token_pool_layout, reference.projector_output_norm,
+            reference.vision_position_embedding) == ("raster", None, None)  # fmt: skip

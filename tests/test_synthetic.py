@@ -308,6 +308,28 @@ def test_baselines_are_ordered_and_beatable(videos, tmp_path):
             assert score.f == pytest.approx(in_memory[name][category].f)
 
 
+def test_baselines_by_template_split_every_expression_once(tmp_path):
+    """Template groups partition the expressions: counts add up to "all", look-alike contrasts are their own
+    group, the written split gives the same groups as the videos in memory, and the motion-blind answer is
+    exact on appearance templates but not on look-alike motion ones."""
+    from model.synthetic.baselines import TEMPLATE_PREFIX
+
+    videos = [generate_video(video_seed(3, i)) for i in range(24)]
+    results = score_baselines(items_from_videos(videos), by_template=True)
+    union = results["appearance_union"]
+    groups = {c: s for c, s in union.items() if c.startswith(TEMPLATE_PREFIX)}
+    assert sum(s.n_expressions for s in groups.values()) == union["all"].n_expressions
+    lookalike_groups = [c for c in groups if c.endswith("(look-alikes)")]
+    assert lookalike_groups and all("motion/" in c or "multi/" in c for c in lookalike_groups)
+    assert sum(groups[c].n_expressions for c in lookalike_groups) == union["motion_lookalikes"].n_expressions
+    assert groups[TEMPLATE_PREFIX + "appearance"].jf == 1.0
+    assert min(groups[c].jf for c in lookalike_groups) < 1.0
+    assert not any(c.startswith(TEMPLATE_PREFIX) for c in score_baselines(items_from_videos(videos))["empty"])
+    write_split(tmp_path, "test", 24, 3, progress=False)
+    from_disk = score_baselines(items_from_split(tmp_path, "test"), by_template=True)["appearance_union"]
+    assert {c: s.n_expressions for c, s in from_disk.items()} == {c: s.n_expressions for c, s in union.items()}
+
+
 def test_cli_generate_and_baselines(tmp_path, capsys):
     assert cli_main(["-q", "generate", "--root", str(tmp_path), "--train", "3", "--valid", "2", "--test", "6"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test", "train", "valid"]
@@ -364,7 +386,7 @@ def test_glus_benchmark_ablation_rows_compare_and_table_file(tmp_path, capsys):
     out = tmp_path / "table.md"
     code = glus_main(
         ["benchmark", "--root", str(tmp_path / "bench"), "--split", "test", "--checkpoint", str(ckpt),
-         "--rows", "ablation", "--compare", f"no-contrastive={ckpt}", "--out", str(out)]
+         "--rows", "ablation", "--compare", f"no-contrastive={ckpt}", "--out", str(out), "--by-template"]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -372,4 +394,10 @@ def test_glus_benchmark_ablation_rows_compare_and_table_file(tmp_path, capsys):
         assert f"| model: {row} |" in printed or f"| {row} |" in printed or row in printed
     written = out.read_text()
     assert written.startswith("<!-- written by: glus benchmark") and "model: no-contrastive" in written
+    # --by-template: a second table, one line per template with a J&F for every row and the two baselines
+    header = "| template | n | model: full | model: no-context | model: no-memory | model: no-kfs | model: clip | "
+    assert header + "model: no-contrastive | all_objects | appearance_union |" in written
+    template_lines = [line for line in written.split(header)[1].splitlines() if line.startswith("| ")]
+    expressions = sum(len(v.expressions) for v in open_dataset("mevis", tmp_path / "bench", "test").videos.values())
+    assert template_lines and sum(int(line.split(" | ")[1]) for line in template_lines) == expressions
     assert glus_main(["benchmark", "--root", str(tmp_path / "bench"), "--rows", "full", "--compare", "x"]) == 2

@@ -1,5 +1,6 @@
 """Losses (against their formulas, the contrastive rules with the reference quirks fixed) and the trainer."""
 
+import json
 import random
 
 import numpy as np
@@ -8,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from model.factory import random_model
-from model.losses import ObjectContrastiveLoss, SegTokenKey, mask_bce, mask_dice, seg_token_ce
+from model.losses import (
+    ObjectContrastiveLoss,
+    SegTokenKey,
+    TargetLocationLoss,
+    mask_bce,
+    mask_boxes,
+    mask_dice,
+    seg_token_ce,
+)
 from model.trainer import TrainConfig, Trainer, TrainingExpression, TrainingVideo, sample_clip
 
 
@@ -95,6 +104,38 @@ def _toy_videos(seed: int, n: int = 4) -> list[TrainingVideo]:
     return videos
 
 
+def test_mask_boxes_and_the_target_location_loss():
+    """Boxes are (centre x, centre y, width, height) fractions of the frame, empty masks are left out of the
+    loss, and the probe learns a location that the states carry."""
+    masks = torch.zeros(2, 3, 8, 16, dtype=torch.bool)
+    masks[0, 0, 2:4, 4:8] = True  # rows 2-3, columns 4-7
+    masks[1, 2, :, :] = True
+    boxes, present = mask_boxes(masks)
+    assert present.tolist() == [[True, False, False], [False, False, True]]
+    assert torch.allclose(boxes[0, 0], torch.tensor([5.5 / 16, 2.5 / 8, 4 / 16, 2 / 8]))
+    assert torch.allclose(boxes[1, 2], torch.tensor([7.5 / 16, 3.5 / 8, 1.0, 1.0]))
+    assert torch.equal(boxes[0, 1], torch.zeros(4))
+
+    torch.manual_seed(0)
+    loss = TargetLocationLoss(8)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=0.05)
+    targets = torch.zeros(16, 2, 16, 16, dtype=torch.bool)
+    corner = torch.randint(0, 12, (16, 2, 2))
+    for r in range(16):
+        for q in range(2):
+            y, x = corner[r, q].tolist()
+            targets[r, q, y : y + 4, x : x + 4] = True
+    states = torch.cat([corner.float(), torch.randn(16, 2, 6)], -1)  # the location is in the states
+    first = loss(states, targets).item()
+    for _ in range(200):
+        optimizer.zero_grad()
+        value = loss(states, targets)
+        value.backward()
+        optimizer.step()
+    assert value.item() < 0.2 * first
+    assert loss(states, torch.zeros_like(targets)).item() == 0.0  # nothing visible, nothing to regress
+
+
 def test_sample_clip_rules():
     video = _toy_videos(0, 1)[0]
     rng = random.Random(0)
@@ -136,12 +177,16 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     make_mevis(tmp_path / "data", "train", frames=5)
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "data"), "--split", "train", "--out", str(out), "--steps", "3",
-            "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64"]
+            "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64",
+            "--visual-token-aids", "--location-weight", "1.0"]
     assert glus_main(args) == 0
     model, _, report = from_pretrained(out)
     assert report.ok and model.config.seg_hidden_norm == "batchnorm" and model.sam_image_size == 64
-    lines = (out / "train_log.jsonl").read_text().splitlines()
-    assert len(lines) == 3
+    assert (model.config.vision_token_pool_layout, model.config.projector_output_norm,
+            model.config.vision_position_embedding) == ("grid", "layernorm", "sincos2d")  # fmt: skip
+    assert not any(k.startswith("location") or ".probe." in k for k in model.state_dict())  # not saved
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(line["location"] > 0 for line in lines)
 
 
 def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():

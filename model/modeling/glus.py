@@ -27,7 +27,14 @@ class GlusModel(nn.Module):
         self.config = config
         self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**config.vision))
         self.multi_modal_projector = VisionProjector(
-            config.vision_hidden_size, config.llm_hidden_size, config.vision_token_pool, config.projector_type
+            config.vision_hidden_size,
+            config.llm_hidden_size,
+            config.vision_token_pool,
+            config.projector_type,
+            config.vision_token_pool_layout,
+            config.projector_output_norm,
+            config.vision_position_embedding,
+            config.patch_grid,
         )
         llm_config = LlamaConfig(**config.llm)
         llm_config.use_cache = False

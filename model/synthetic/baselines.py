@@ -30,6 +30,14 @@ logger = logging.getLogger(__name__)
 BASELINES = ("empty", "whole_frame", "all_objects", "appearance_union")
 CATEGORIES = ("all", *KINDS, "motion_lookalikes")
 """Score groups: every expression, each kind, and motion expressions among look-alikes."""
+TEMPLATE_PREFIX = "template:"
+
+
+def template_category(template: str, motion_lookalikes: bool) -> str:
+    """The finer score group of one grammar template (``template:motion/linear``), look-alike contrasts apart
+    (``template:motion/linear (look-alikes)``): it shows which skill a model lacks (say location, for
+    relations and motion alike) where the per-kind means blur it."""
+    return f"{TEMPLATE_PREFIX}{template or '?'}" + (" (look-alikes)" if motion_lookalikes else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,10 +52,11 @@ class BaselineItem:
     appearance_match: tuple[int, ...]
     kind: str
     motion_lookalikes: bool
+    template: str = ""
 
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return ("all", self.kind) + (("motion_lookalikes",) if self.motion_lookalikes else ())
+    def categories(self, by_template: bool = False) -> tuple[str, ...]:
+        groups = ("all", self.kind) + (("motion_lookalikes",) if self.motion_lookalikes else ())
+        return groups + ((template_category(self.template, self.motion_lookalikes),) if by_template else ())
 
 
 def baseline_prediction(name: str, item: BaselineItem) -> np.ndarray:
@@ -77,6 +86,7 @@ def items_from_videos(videos: Iterable[SyntheticVideo]) -> Iterator[BaselineItem
                 expression.appearance_match,
                 expression.kind,
                 expression.motion_lookalikes,
+                expression.template,
             )
 
 
@@ -103,27 +113,34 @@ def items_from_split(root: str | Path, split: str) -> Iterator[BaselineItem]:
                 tuple(extra["appearance_match"]),
                 extra["kind"],
                 bool(extra["motion_lookalikes"]),
+                extra.get("template", ""),
             )
 
 
 def score_baselines(
-    items: Iterable[BaselineItem], baselines: Iterable[str] = BASELINES, progress: bool = False
+    items: Iterable[BaselineItem],
+    baselines: Iterable[str] = BASELINES,
+    progress: bool = False,
+    by_template: bool = False,
 ) -> dict[str, dict[str, DatasetScore]]:
-    """``{baseline: {category: DatasetScore}}`` (categories without expressions are left out)."""
+    """``{baseline: {category: DatasetScore}}`` (categories without expressions are left out; with
+    ``by_template`` also one :func:`template_category` per template)."""
     baselines = tuple(baselines)
     scores: dict[str, dict[str, list[ExpressionScore]]] = {b: {c: [] for c in CATEGORIES} for b in baselines}
     for item in tqdm(items, unit="expr", desc="baselines", disable=not progress):
         for name in baselines:
             score = score_expression(item.video_id, item.exp_id, baseline_prediction(name, item), item.gt)
-            for category in item.categories:
-                scores[name][category].append(score)
+            for category in item.categories(by_template):
+                scores[name].setdefault(category, []).append(score)
     return {name: {c: aggregate(s) for c, s in by_cat.items() if s} for name, by_cat in scores.items()}
 
 
-def evaluate_split(root: str | Path, split: str = "test", progress: bool = True) -> dict[str, dict[str, DatasetScore]]:
+def evaluate_split(
+    root: str | Path, split: str = "test", progress: bool = True, by_template: bool = False
+) -> dict[str, dict[str, DatasetScore]]:
     """Scores of every baseline on a written split."""
     logger.info("scoring baselines on %s/%s", root, split)
-    return score_baselines(items_from_split(root, split), progress=progress)
+    return score_baselines(items_from_split(root, split), progress=progress, by_template=by_template)
 
 
 def format_table(results: dict[str, dict[str, DatasetScore]]) -> str:
