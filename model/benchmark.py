@@ -53,7 +53,7 @@ def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str
     from .evaluation.metrics import aggregate, score_expression
     from .inference import Expression, SegmentOptions, VideoSegmenter
     from .keyframes import ConfidenceKeyFrames, FirstFrame
-    from .synthetic.baselines import CATEGORIES, template_category
+    from .synthetic.baselines import CATEGORIES, score_groups
     from .synthetic.dataset import load_split_extras
     from .video_io import FrameFiles
 
@@ -75,10 +75,8 @@ def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str
                 gt = dataset.gt_masks(video.video_id, expr.exp_id)
                 score = score_expression(video.video_id, expr.exp_id, result.masks, gt)
                 extra = info[video.video_id][expr.exp_id]
-                categories = ["all", extra["kind"]] + (["motion_lookalikes"] if extra["motion_lookalikes"] else [])
-                if by_template:
-                    categories.append(template_category(extra.get("template", ""), extra["motion_lookalikes"]))
-                for category in categories:
+                template = extra.get("template", "") if by_template else None
+                for category in score_groups(extra["kind"], extra["motion_lookalikes"], template):
                     scores.setdefault(category, []).append(score)
         results[row] = {c: aggregate(s) for c, s in scores.items() if s}
     return results

@@ -77,7 +77,6 @@ def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, refer
 
 
 def test_prefix_cache_fills_once_per_video_and_features_once_per_frame(tiny, moving_square_video):
-
     model, tok = tiny
     with _video_contexts() as created:
         segmenter = VideoSegmenter(model, tok)

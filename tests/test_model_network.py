@@ -144,8 +144,8 @@ def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tm
     from model.modeling.projector import VisionProjector, pool_patch_tokens, sincos_2d
 
     patch_index = torch.arange(64.0).view(1, 64, 1)  # an 8x8 patch grid, raster order
-    assert pool_patch_tokens(patch_index, 4, "raster", 8).flatten().tolist()[:3] == [1.5, 5.5, 9.5]  # strips
-    squares = pool_patch_tokens(patch_index, 4, "grid", 8).view(4, 4)
+    assert pool_patch_tokens(patch_index, 4, "raster").flatten().tolist()[:3] == [1.5, 5.5, 9.5]  # strips
+    squares = pool_patch_tokens(patch_index, 4, "grid").view(4, 4)
     assert squares[0, 0] == (0 + 1 + 8 + 9) / 4 and squares[1, 2] == (20 + 21 + 28 + 29) / 4
 
     projector = VisionProjector(16, 32, 4, "mlp2x_gelu", "grid", "layernorm", "sincos2d", patch_grid=8)
@@ -156,7 +156,7 @@ def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tm
     with torch.no_grad():
         tokens = projector(torch.randn(3, 64, 16) * 50)
         normalised = projector.output_norm(projector.linear_2(projector.act(projector.linear_1(
-            pool_patch_tokens(torch.randn(3, 64, 16) * 50, 4, "grid", 8)))))
+            pool_patch_tokens(torch.randn(3, 64, 16) * 50, 4, "grid")))))
     assert tokens.shape == (3, 16, 32)
     assert normalised.pow(2).mean(-1).sqrt().sub(1).abs().max() < 1e-3  # unit scale, whatever the input
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 
-def pool_patch_tokens(tokens: torch.Tensor, pool: int, layout: str, grid: int) -> torch.Tensor:
-    """Average ``(N, P, C)`` patch tokens (raster order on a ``grid`` x ``grid`` patch grid) ``pool`` at a time.
+def pool_patch_tokens(tokens: torch.Tensor, pool: int, layout: str) -> torch.Tensor:
+    """Average ``(N, P, C)`` patch tokens (raster order on a square patch grid) ``pool`` at a time.
 
     ``"raster"`` (GLUS) averages ``pool`` consecutive tokens, i.e. 1-row strips; ``"grid"`` averages square
     ``sqrt(pool)`` x ``sqrt(pool)`` cells, so that both axes keep the same resolution.
@@ -18,8 +18,8 @@ def pool_patch_tokens(tokens: torch.Tensor, pool: int, layout: str, grid: int) -
         return tokens
     if layout == "raster":
         return nn.functional.avg_pool1d(tokens.transpose(1, 2), pool, pool).transpose(1, 2)
-    side = math.isqrt(pool)
-    n, p, c = tokens.shape
+    side, (n, p, c) = math.isqrt(pool), tokens.shape
+    grid = math.isqrt(p)
     squares = tokens.transpose(1, 2).reshape(n, c, grid, grid)
     return nn.functional.avg_pool2d(squares, side, side).flatten(2).transpose(1, 2)
 
@@ -59,7 +59,7 @@ class VisionProjector(nn.Module):
         patch_grid: int | None = None,
     ) -> None:
         super().__init__()
-        self.pool, self.pool_layout, self.patch_grid = pool, pool_layout, patch_grid
+        self.pool, self.pool_layout = pool, pool_layout
         self.linear_1 = nn.Linear(vision_hidden, llm_hidden)
         if projector_type == "mlp2x_gelu":
             self.act: nn.Module = nn.GELU()
@@ -76,15 +76,14 @@ class VisionProjector(nn.Module):
                 raise ValueError("position_embedding needs the patch grid size")
             index = torch.arange(patch_grid * patch_grid, dtype=torch.float32)
             coordinates = torch.stack([index // patch_grid, index % patch_grid], 1).unsqueeze(0)
-            pooled = pool_patch_tokens(coordinates, pool, pool_layout, patch_grid)[0]  # each token's mean patch
+            pooled = pool_patch_tokens(coordinates, pool, pool_layout)[0]  # each token's mean patch
             table = sincos_2d(pooled, llm_hidden)
         self.position_embedding: torch.Tensor | None
         self.register_buffer("position_embedding", table, persistent=False)  # rebuilt from the config, not saved
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """``(N, P, C_vision)`` patch tokens -> ``(N, P / pool, C_llm)`` visual tokens."""
-        grid = self.patch_grid or math.isqrt(patch_tokens.shape[1])
-        pooled = pool_patch_tokens(patch_tokens, self.pool, self.pool_layout, grid)
+        pooled = pool_patch_tokens(patch_tokens, self.pool, self.pool_layout)
         out = self.output_norm(self.linear_2(self.act(self.linear_1(pooled))))
         if self.position_embedding is not None:
             out = out + self.position_embedding.to(out.dtype)

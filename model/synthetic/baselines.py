@@ -40,6 +40,13 @@ def template_category(template: str, motion_lookalikes: bool) -> str:
     return f"{TEMPLATE_PREFIX}{template or '?'}" + (" (look-alikes)" if motion_lookalikes else "")
 
 
+def score_groups(kind: str, motion_lookalikes: bool, template: str | None = None) -> tuple[str, ...]:
+    """The categories one expression counts in: ``all``, its kind, ``motion_lookalikes`` if it is one, and its
+    :func:`template_category` when ``template`` is given (``--by-template``)."""
+    groups = ("all", kind) + (("motion_lookalikes",) if motion_lookalikes else ())
+    return groups + ((template_category(template, motion_lookalikes),) if template is not None else ())
+
+
 @dataclass(frozen=True, eq=False)
 class BaselineItem:
     """What the baselines need of one expression: its ground truth, every object's visible masks
@@ -55,8 +62,7 @@ class BaselineItem:
     template: str = ""
 
     def categories(self, by_template: bool = False) -> tuple[str, ...]:
-        groups = ("all", self.kind) + (("motion_lookalikes",) if self.motion_lookalikes else ())
-        return groups + ((template_category(self.template, self.motion_lookalikes),) if by_template else ())
+        return score_groups(self.kind, self.motion_lookalikes, self.template if by_template else None)
 
 
 def baseline_prediction(name: str, item: BaselineItem) -> np.ndarray:
