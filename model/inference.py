@@ -316,7 +316,7 @@ class VideoSegmenter:
                 logits = self.model.token_logits(states)
                 produced = logits.argmax(-1) == self.seg_token_id
                 seg_probability = torch.softmax(logits.float(), -1)[:, self.seg_token_id]
-                embeddings = self.model.project_seg(states)
+                embeddings = self.model.sam_prompts(ids, hidden, state_positions)
                 per_expression.append((ids, hidden, logits, produced, seg_probability, embeddings))
             for k, position in enumerate(positions):
                 frame_index = stream[position]

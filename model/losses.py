@@ -13,6 +13,7 @@ a training-time bug with no released numbers depending on it):
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -78,6 +79,21 @@ class TargetLocationLoss(nn.Module):
         predicted = self.probe(seg_states.flatten(0, 1).float()).view(*boxes.shape)
         error = F.smooth_l1_loss(predicted, boxes, reduction="none", beta=self.beta).sum(-1)
         return (error * present).sum() / present.sum().clamp(min=1)
+
+
+def pointer_cell_ce(logits: torch.Tensor, target_masks: torch.Tensor) -> torch.Tensor:
+    """Training aid for ``seg_point_prompt="pointer"`` (off in GLUS): cross-entropy of the ``(K, T)`` pointer
+    logits against the share of the target's ``(K, H, W)`` mask in each of the ``T`` token cells (a square grid
+    in raster order), over the rows whose target is visible. It tells the pointer which cell the expression
+    refers to, where the mask loss only says so through SAM-2's decoder."""
+    grid = math.isqrt(logits.shape[-1])
+    coverage = F.adaptive_avg_pool2d(target_masks.float().unsqueeze(1), grid).flatten(1)  # (K, T)
+    mass = coverage.sum(-1)
+    present = mass > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    share = coverage[present] / mass[present].unsqueeze(-1)
+    return -(share * logits[present].float().log_softmax(-1)).sum(-1).mean()
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,9 @@ def reference_style_segment(
                 masks.append(np.zeros((height, width), dtype=bool))
                 logits_per_frame.append(None)
                 continue
-            seg_state = generated.hidden_states[0][-1][0, -1]
-            embedding = model.project_seg(seg_state.unsqueeze(0))
+            prompt_hidden = generated.hidden_states[0][-1][0]  # the whole prompt; its last state predicts [SEG]
+            last = torch.tensor([prompt_hidden.shape[0] - 1], device=device)
+            embedding = model.sam_prompts(ids, prompt_hidden, last)
             sam_in = sam_pixel_values([all_frames[t]], model.sam_image_size, cfg.sam_mean, cfg.sam_std)
             feats = model.encode_frame(sam_in.to(device, dtype))
             conditioned = model.condition_on_memory(feats, bank.read(t) if cfg.use_memory_bank else [])

@@ -147,6 +147,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "LayerNorm on the projected tokens, a fixed 2-D position embedding",
     )
     parser.add_argument(
+        "--point-prompt",
+        action="store_true",
+        help="tiny-model switch, from scratch (see the model card): the [SEG] state also points at one of its "
+        "frame's visual tokens, whose cell prompts SAM-2 as a soft point (square pooling cells)",
+    )
+    parser.add_argument(
+        "--llm-layers", type=int, default=None, help="language-model layers of a model built from scratch"
+    )
+    parser.add_argument(
         "--curriculum-steps", type=int, default=0, help="synthetic: appearance-only scenes for the first N steps"
     )
     parser.add_argument(
@@ -172,6 +181,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="tiny-model aid: weight of a loss that makes the [SEG] states regress the target's box (0 = off, GLUS)",
+    )
+    parser.add_argument(
+        "--pointer-weight",
+        type=float,
+        default=0.0,
+        help="with a point prompt: weight of a loss that tells the pointer which token cells the target covers",
     )
     parser.add_argument("--no-memory", action="store_true", help="train without the memory bank (ablation)")
     parser.add_argument(
@@ -219,6 +234,18 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
     from .trainer import TrainConfig, Trainer
 
     if args.init:
+        scratch_only = {
+            "--visual-token-aids": args.visual_token_aids,
+            "--point-prompt": args.point_prompt,
+            "--sam-image-size": args.sam_image_size,
+            "--llm-layers": args.llm_layers,
+        }
+        given = [flag for flag, value in scratch_only.items() if value]
+        if given:
+            raise SystemExit(
+                f"{', '.join(given)} shape a model built from scratch; with --init the checkpoint's own "
+                "configuration is used, so leave them out (--from-scratch-aids keeps only its training aids there)"
+            )
         model, tokenizer, _ = from_pretrained(args.init)
     else:
         config = get_config(args.config)
@@ -234,6 +261,11 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
             config.vision_token_pool_layout = "grid"
             config.projector_output_norm = "layernorm"
             config.vision_position_embedding = "sincos2d"
+        if args.llm_layers:
+            config.llm["num_hidden_layers"] = args.llm_layers
+        if args.point_prompt:
+            config.vision_token_pool_layout = "grid"
+            config.seg_point_prompt = "pointer"
         model, tokenizer = random_model(config, seed=args.seed)
     if args.synthetic:
         source = SyntheticTrainingSource(args.seed, args.curriculum_steps)
@@ -255,6 +287,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         same_video_negatives=args.from_scratch_aids or args.contrastive_aids,
         positives_any_frame=args.from_scratch_aids or args.contrastive_aids,
         location_weight=args.location_weight,
+        pointer_weight=args.pointer_weight,
     )
     main = distributed.is_main
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import DistributedContext
-from .losses import ObjectContrastiveLoss, SegTokenKey, TargetLocationLoss, mask_bce, mask_dice, seg_token_ce
-from .modeling.glus import GlusModel, seg_state_positions
+from .losses import (
+    ObjectContrastiveLoss,
+    SegTokenKey,
+    TargetLocationLoss,
+    mask_bce,
+    mask_dice,
+    pointer_cell_ce,
+    seg_token_ce,
+)
+from .modeling.glus import GlusModel, image_token_positions, seg_state_positions
 from .modeling.memory_bank import MemoryBank
 from .preprocessing import clip_pixel_values, sam_pixel_values
 from .prompting import inference_prompt, training_prompt
@@ -74,6 +82,7 @@ class TrainConfig:
     same_video_negatives: bool = False  # always use the anchor video's other objects as negatives (tiny aid)
     positives_any_frame: bool = False  # the same objects at other query frames are positives too (tiny aid)
     location_weight: float = 0.0  # > 0: the [SEG] states also regress the target's box (tiny aid, losses.py)
+    pointer_weight: float = 0.0  # > 0 (models with seg_point_prompt): the pointer is told the target's cells
     query_frames: int = 4
     expressions_per_video: int = 3
     mem_stride: int = 1
@@ -98,6 +107,7 @@ class BatchOutputs:
     ce: torch.Tensor
     bce: torch.Tensor
     dice: torch.Tensor
+    pointer_logits: torch.Tensor | None = None  # (R, Q, T) with seg_point_prompt
 
 
 @dataclass
@@ -112,6 +122,7 @@ class TrainStepStats:
     lr: float
     seconds: float
     location: float = 0.0
+    pointer: float = 0.0
 
 
 def sample_clip(
@@ -137,6 +148,8 @@ def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Paramete
     for p in model.parameters():
         p.requires_grad_(False)
     modules = [model.multi_modal_projector, model.seg_projector, model.sam.sam_mask_decoder]
+    if model.seg_pointer is not None:
+        modules.append(model.seg_pointer)
     if parts == "glus":
         modules.append(model.language_model)
         params = [p for m in modules for p in m.parameters()]
@@ -222,7 +235,7 @@ class Trainer:
         tokens = model.encode_images(pixels).view(
             len(videos), mcfg.context_frames + cfg.query_frames, model.visual_tokens_per_image, -1
         )
-        sequences, positions = [], []
+        sequences, positions, frame_positions = [], [], []
         for v, expr in rows:
             if cfg.prompt_templates == "inference":
                 text = inference_prompt(expr.text, mcfg.context_frames, cfg.query_frames, open_last=False)
@@ -231,6 +244,7 @@ class Trainer:
             ids = torch.tensor(self.tokenizer.encode_prompt(text), device=self.device)
             sequences.append(model.embed_prompt(ids, tokens[v]))
             positions.append(seg_state_positions(ids, self.seg_id, model.visual_tokens_per_image))
+            frame_positions.append(image_token_positions(ids, model.visual_tokens_per_image)[-cfg.query_frames :])
         length = max(s.shape[0] for s in sequences)
         batch = torch.zeros(len(sequences), length, sequences[0].shape[1], device=self.device, dtype=sequences[0].dtype)
         attention = torch.zeros(len(sequences), length, dtype=torch.long, device=self.device)
@@ -241,6 +255,13 @@ class Trainer:
         seg_states = torch.stack([hidden[i, p] for i, p in enumerate(positions)])  # (R, Q, C)
         ce = seg_token_ce(model.token_logits(seg_states.flatten(0, 1)), self.seg_id)
         embeddings = model.project_seg(seg_states.flatten(0, 1)).view(len(rows), cfg.query_frames, -1)
+        prompts, pointer_logits = embeddings, None
+        if model.seg_pointer is not None:  # tiny aid: a soft point prompt where the [SEG] state points
+            frame_states = torch.stack([hidden[i, p] for i, p in enumerate(frame_positions)])  # (R, Q, T, C)
+            points, pointer_logits = model.point_prompt(seg_states.flatten(0, 1), frame_states.flatten(0, 1))
+            points = points.view(len(rows), cfg.query_frames, -1)
+            pointer_logits = pointer_logits.view(len(rows), cfg.query_frames, -1)
+            prompts = torch.stack([embeddings, points], 2)  # (R, Q, 2, C_sam)
         # --- SAM-2 frame by frame with the memory bank in the loop ---
         row_video = [v for v, _ in rows]
         bank = MemoryBank(mcfg.num_maskmem, cfg.mem_stride)
@@ -254,7 +275,7 @@ class Trainer:
                 feats = model.encode_frame(sam_in).select(row_video)
                 memories = bank.read(j) if cfg.use_memory_bank else []
                 conditioned = model.condition_on_memory(feats, memories)
-            decoded = model.decode_masks(conditioned, feats, embeddings[:, j])
+            decoded = model.decode_masks(conditioned, feats, prompts[:, j])
             targets = torch.stack([torch.from_numpy(e.masks[clips[v][1][j]]) for v, e in rows]).to(self.device)
             logits = F.interpolate(
                 decoded.lowres_logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
@@ -281,6 +302,7 @@ class Trainer:
             ce=ce,
             bce=bce,
             dice=dice,
+            pointer_logits=pointer_logits,
         )
 
     def train_step(self, videos: list[TrainingVideo]) -> TrainStepStats:
@@ -304,7 +326,12 @@ class Trainer:
             else torch.zeros((), device=self.device)
         )
         loss = cfg.ce_weight * ce + cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.contrastive_weight * contrastive
-        loss = loss + cfg.location_weight * location
+        pointer = (
+            pointer_cell_ce(out.pointer_logits.flatten(0, 1), out.targets.flatten(0, 1))
+            if cfg.pointer_weight > 0 and out.pointer_logits is not None
+            else torch.zeros((), device=self.device)
+        )
+        loss = loss + cfg.location_weight * location + cfg.pointer_weight * pointer
         lr = self.lr_at(self.step_index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -314,8 +341,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.step_index += 1
-        loss, ce, bce, dice, contrastive, location = (
-            t.detach() for t in (loss, ce, bce, dice, contrastive, location)
+        loss, ce, bce, dice, contrastive, location, pointer = (
+            t.detach() for t in (loss, ce, bce, dice, contrastive, location, pointer)
         )
         return TrainStepStats(
             self.step_index,
@@ -328,6 +355,7 @@ class Trainer:
             lr,
             time.perf_counter() - started,
             location.item(),
+            pointer.item(),
         )
 
     def fit(
@@ -341,7 +369,7 @@ class Trainer:
                 on_step(stats)
             if stats.step % self.config.log_every == 0 or stats.step == self.config.steps:
                 logger.info(
-                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs loc %.4f",
+                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs loc %.4f ptr %.4f",
                     *asdict(stats).values(),
                 )
         self.model.eval()

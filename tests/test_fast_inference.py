@@ -72,7 +72,9 @@ def test_fast_path_matches_reference_style_loop(tiny, moving_square_video, refer
             mask, logits = fast[(e, t)]
             assert ref["logits"][t] is not None
             worst = max(worst, float((logits - ref["logits"][t]).abs().max()))
-            assert np.array_equal(mask, ref["masks"][t]), (e, t)
+            decisive = ref["logits"][t].abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
+            assert np.array_equal(mask[decisive], ref["masks"][t][decisive]), (e, t)
+            assert (mask != ref["masks"][t]).sum() <= 2, (e, t)
     assert worst < 1e-3
 
 

@@ -178,3 +178,73 @@ def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tm
     reference = get_config("glus-7b")
     assert (reference.vision_token_pool_layout, reference.projector_output_norm,
             reference.vision_position_embedding) == ("raster", None, None)  # fmt: skip
+
+
+def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(moving_square_video):
+    """The from-scratch pointer switch: each visual token's cell centre is where SAM-2 would place a click; a
+    pointer sure of one cell gives exactly SAM-2's own encoding of a positive click there; both inference
+    paths (the cached, lockstep one and the reference-style loop) hand SAM-2 the [SEG] token and the point;
+    glus-7b has no pointer and strips (raster pooling) cannot be pointed at."""
+    import numpy as np
+    import pytest
+
+    from model.config import GlusConfig, get_config
+    from model.factory import random_model
+    from model.inference import VideoSegmenter
+    from model.modeling.glus import image_token_positions
+    from model.reference_loop import reference_style_segment
+
+    config = get_config("glus-tiny")
+    config.vision_token_pool_layout, config.seg_point_prompt = "grid", "pointer"
+    model, tok = random_model(config, seed=0, seg_logit_bias=20.0)
+    model.eval()
+    centres = model.token_cell_centres
+    assert centres.shape == (16, 2)
+    assert torch.allclose(centres[6], torch.tensor([0.625, 0.375]))  # row 1, column 2 of the 4x4 cells: (x, y)
+
+    class SureOfCell(torch.nn.Module):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, seg_hidden, frame_hidden):
+            return torch.nn.functional.one_hot(torch.tensor([self.cell]), 16).float().expand(len(seg_hidden), -1) * 1e4
+
+    pointer, model.seg_pointer = model.seg_pointer, SureOfCell(6)
+    size = model.sam_image_size
+    with torch.no_grad():
+        point, logits = model.point_prompt(torch.randn(2, 128), torch.randn(2, 16, 128))
+        click = model.sam.sam_prompt_encoder._embed_points(
+            (centres[6] * size - 0.5).view(1, 1, 2), torch.ones(1, 1, dtype=torch.int), pad=False
+        )[0, 0]
+    assert logits.shape == (2, 16) and torch.allclose(point[0], click, atol=1e-5)
+    model.seg_pointer = pointer
+
+    ids = torch.tensor([5, IMAGE_PLACEHOLDER_ID, 7, IMAGE_PLACEHOLDER_ID, 9])
+    assert image_token_positions(ids, 16).tolist() == [list(range(1, 17)), list(range(18, 34))]
+    hidden = torch.randn(35, 128)
+    with torch.no_grad():
+        prompts = model.sam_prompts(ids, hidden, torch.tensor([34]))
+        expected, _ = model.point_prompt(hidden[34:35], hidden[18:34].unsqueeze(0))  # the last image's tokens
+    assert prompts.shape == (1, 2, model.sam.hidden_dim)
+    assert torch.allclose(prompts[0, 0], model.project_seg(hidden[34:35])[0])
+    assert torch.allclose(prompts[0, 1], expected[0])
+
+    video, expressions = moving_square_video[:6], ["the red square", "the ramp"]
+    reference = reference_style_segment(model, tok, video, expressions)
+    fast = VideoSegmenter(model, tok).segment(video, expressions)
+    for ref, result in zip(reference, fast):
+        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
+        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    without = get_config("glus-tiny")
+    without.vision_token_pool_layout = "grid"
+    plain, _ = random_model(without, seed=0, seg_logit_bias=20.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("seg_pointer.")})
+    plain_masks = VideoSegmenter(plain.eval(), tok).segment(video, expressions)
+    assert any(not np.array_equal(a.masks, b.masks) for a, b in zip(plain_masks, fast))  # the point is used
+
+    assert get_config("glus-7b").seg_point_prompt is None
+    with pytest.raises(ValueError, match="grid"):
+        GlusConfig.from_dict({**get_config("glus-tiny").to_dict(), "seg_point_prompt": "pointer"})
+    with pytest.raises(ValueError, match="seg_point_prompt"):
+        GlusConfig.from_dict({**config.to_dict(), "seg_point_prompt": "box"})

@@ -16,6 +16,7 @@ from model.losses import (
     mask_bce,
     mask_boxes,
     mask_dice,
+    pointer_cell_ce,
     seg_token_ce,
 )
 from model.trainer import TrainConfig, Trainer, TrainingExpression, TrainingVideo, sample_clip
@@ -178,15 +179,38 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "data"), "--split", "train", "--out", str(out), "--steps", "3",
             "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64",
-            "--visual-token-aids", "--location-weight", "1.0"]
+            "--visual-token-aids", "--location-weight", "1.0", "--point-prompt", "--pointer-weight", "1.0"]
     assert glus_main(args) == 0
     model, _, report = from_pretrained(out)
     assert report.ok and model.config.seg_hidden_norm == "batchnorm" and model.sam_image_size == 64
     assert (model.config.vision_token_pool_layout, model.config.projector_output_norm,
             model.config.vision_position_embedding) == ("grid", "layernorm", "sincos2d")  # fmt: skip
     assert not any(k.startswith("location") or ".probe." in k for k in model.state_dict())  # not saved
+    assert model.config.seg_point_prompt == "pointer" and any(k.startswith("seg_pointer.") for k in model.state_dict())
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 and all(line["location"] > 0 for line in lines)
+    assert len(lines) == 3 and all(line["location"] > 0 and line["pointer"] > 0 for line in lines)
+    for flag in (["--point-prompt"], ["--sam-image-size", "64"], ["--llm-layers", "3"]):  # model-shaping flags
+        with pytest.raises(SystemExit, match=flag[0]):
+            glus_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "again"), "--init", str(out),
+                       "--steps", "1", *flag])  # fmt: skip
+
+
+def test_pointer_loss_is_the_cross_entropy_against_the_target_share_of_each_cell():
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 0:4, 4:8] = True  # all of cell (0, 1) of a 2x2 grid
+    masks[1, 2:6, 0:2] = True  # half in cell (0, 0), half in cell (1, 0)
+    logits = torch.randn(3, 4, requires_grad=True)
+    log_p = logits.detach().log_softmax(-1)
+    expected = (-log_p[0, 1] - 0.5 * (log_p[1, 0] + log_p[1, 2])) / 2  # row 2 is empty: left out
+    assert torch.allclose(pointer_cell_ce(logits, masks), expected)
+    optimizer = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        pointer_cell_ce(logits, masks).backward()
+        optimizer.step()
+    shares = logits.detach().softmax(-1)
+    assert shares[0, 1] > 0.95 and abs(shares[1, 0] - 0.5) < 0.05 and abs(shares[1, 2] - 0.5) < 0.05
+    assert pointer_cell_ce(logits, torch.zeros_like(masks)).item() == 0.0
 
 
 def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():

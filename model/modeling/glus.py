@@ -15,7 +15,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from ..config import GlusConfig
 from ..tokenizer import IMAGE_PLACEHOLDER_ID
 from . import sam2_memory
-from .projector import VisionProjector
+from .point_prompt import SegPointer
+from .projector import VisionProjector, visual_token_coordinates
 from .seg_projector import SegProjector
 
 
@@ -44,6 +45,14 @@ class GlusModel(nn.Module):
         self.seg_projector = SegProjector(
             config.llm_hidden_size, self.sam.hidden_dim, config.seg_hidden_norm, config.seg_output_norm
         )
+        self.seg_pointer: SegPointer | None = None
+        centres = None
+        if config.seg_point_prompt == "pointer":
+            self.seg_pointer = SegPointer(config.llm_hidden_size)
+            rows_cols = visual_token_coordinates(config.patch_grid, config.vision_token_pool, "grid")
+            centres = (rows_cols.flip(1) + 0.5) / config.patch_grid  # (x, y) in [0, 1], SAM-2's point order
+        self.token_cell_centres: torch.Tensor | None
+        self.register_buffer("token_cell_centres", centres, persistent=False)  # rebuilt from the config
 
     # --- sizes ---
     @property
@@ -73,7 +82,7 @@ class GlusModel(nn.Module):
         starts = torch.cumsum(widths, 0) - widths
         out = text.new_empty(int(widths.sum()), width)
         out[starts[~is_image]] = text
-        image_pos = (starts[is_image].unsqueeze(1) + torch.arange(tokens_per_image, device=starts.device)).flatten()
+        image_pos = image_token_positions(input_ids, tokens_per_image).flatten()
         out[image_pos] = image_features.reshape(-1, width).to(text.dtype)
         return out
 
@@ -90,6 +99,32 @@ class GlusModel(nn.Module):
     def project_seg(self, seg_hidden: torch.Tensor) -> torch.Tensor:
         """``(K, C_llm)`` hidden states that predict [SEG] -> ``(K, C_sam)`` SAM-2 prompt tokens."""
         return self.seg_projector(seg_hidden)
+
+    def point_prompt(self, seg_hidden: torch.Tensor, frame_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``seg_point_prompt="pointer"``: ``(K, C_llm)`` states that predict [SEG] and ``(K, T, C_llm)`` states of
+        their frames' visual tokens -> ``(K, C_sam)`` soft point prompts and ``(K, T)`` pointer logits.
+
+        The prompt is what SAM-2's prompt encoder makes of a clicked positive point (positional encoding of
+        the point + the positive-point embedding), with the positional encoding averaged over the token cells'
+        centres under the pointer's softmax."""
+        if self.seg_pointer is None or self.token_cell_centres is None:
+            raise RuntimeError("this configuration has no seg_point_prompt")
+        logits = self.seg_pointer(seg_hidden, frame_hidden)
+        encoder, size = self.sam.sam_prompt_encoder, self.sam_image_size
+        cells = encoder.pe_layer.forward_with_coords(self.token_cell_centres.unsqueeze(0) * size, (size, size))[0]
+        point = logits.float().softmax(-1) @ cells.float() + encoder.point_embeddings[1].weight.float()
+        return point.to(seg_hidden.dtype), logits
+
+    def sam_prompts(self, input_ids: torch.Tensor, hidden: torch.Tensor, state_positions: torch.Tensor) -> torch.Tensor:
+        """The SAM-2 prompt tokens of one prompt's ``[SEG]`` states at ``state_positions`` (one per query round,
+        the last rounds of ``input_ids``): ``(K, C_sam)``, or ``(K, 2, C_sam)`` [SEG] + point with a pointer."""
+        states = hidden[state_positions]
+        embeddings = self.project_seg(states)
+        if self.seg_pointer is None:
+            return embeddings
+        images = image_token_positions(input_ids, self.visual_tokens_per_image)[-len(state_positions) :]
+        point, _ = self.point_prompt(states, hidden[images])
+        return torch.stack([embeddings, point], 1)
 
     # --- SAM-2 with GLUS's memory (see sam2_memory) ---
     def encode_frame(self, sam_pixel_values: torch.Tensor) -> sam2_memory.FrameFeatures:
@@ -119,6 +154,14 @@ def seg_state_positions(input_ids: torch.Tensor, seg_token_id: int, tokens_per_i
     widths = torch.where(input_ids == IMAGE_PLACEHOLDER_ID, tokens_per_image, 1)
     starts = torch.cumsum(widths, 0) - widths
     return starts[input_ids == seg_token_id] - 1
+
+
+def image_token_positions(input_ids: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
+    """``(n_images, tokens_per_image)`` positions of each image's visual tokens in the image-expanded sequence."""
+    is_image = input_ids == IMAGE_PLACEHOLDER_ID
+    widths = torch.where(is_image, tokens_per_image, 1)
+    starts = torch.cumsum(widths, 0) - widths
+    return starts[is_image].unsqueeze(1) + torch.arange(tokens_per_image, device=input_ids.device)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -24,6 +24,13 @@ def pool_patch_tokens(tokens: torch.Tensor, pool: int, layout: str) -> torch.Ten
     return nn.functional.avg_pool2d(squares, side, side).flatten(2).transpose(1, 2)
 
 
+def visual_token_coordinates(patch_grid: int, pool: int, layout: str) -> torch.Tensor:
+    """``(T, 2)`` mean (row, column) patch coordinates of each pooled visual token, in patch units."""
+    index = torch.arange(patch_grid * patch_grid, dtype=torch.float32)
+    coordinates = torch.stack([index // patch_grid, index % patch_grid], 1).unsqueeze(0)
+    return pool_patch_tokens(coordinates, pool, layout)[0]
+
+
 def sincos_2d(coordinates: torch.Tensor, dim: int) -> torch.Tensor:
     """``(T, 2)`` (row, column) coordinates in patch units -> ``(T, dim)`` fixed sine/cosine embeddings
     (a quarter of the channels each for sin/cos of the row and of the column, at geometric frequencies)."""
@@ -74,10 +81,7 @@ class VisionProjector(nn.Module):
         if position_embedding == "sincos2d":
             if patch_grid is None:
                 raise ValueError("position_embedding needs the patch grid size")
-            index = torch.arange(patch_grid * patch_grid, dtype=torch.float32)
-            coordinates = torch.stack([index // patch_grid, index % patch_grid], 1).unsqueeze(0)
-            pooled = pool_patch_tokens(coordinates, pool, pool_layout)[0]  # each token's mean patch
-            table = sincos_2d(pooled, llm_hidden)
+            table = sincos_2d(visual_token_coordinates(patch_grid, pool, pool_layout), llm_hidden)
         self.position_embedding: torch.Tensor | None
         self.register_buffer("position_embedding", table, persistent=False)  # rebuilt from the config, not saved
 

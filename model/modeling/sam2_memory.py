@@ -120,8 +120,9 @@ def _to_map(flat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def decode_masks(
     sam: nn.Module, conditioned: torch.Tensor, feats: FrameFeatures, seg_embeddings: torch.Tensor
 ) -> MaskDecoderOutput:
-    """Mask decoder prompted by ``seg_embeddings`` ``(B, C)``: one sparse token per batch row."""
+    """Mask decoder prompted by ``seg_embeddings``: ``(B, C)``, one sparse token per batch row, or ``(B, n, C)``."""
     batch = seg_embeddings.shape[0]
+    sparse = seg_embeddings.unsqueeze(1) if seg_embeddings.dim() == 2 else seg_embeddings
     image_embed = _to_map(conditioned, feats.top_size)
     prompt_encoder = sam.sam_prompt_encoder
     dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *feats.top_size)
@@ -129,7 +130,7 @@ def decode_masks(
     lowres, iou, _, obj = sam.sam_mask_decoder(
         image_embeddings=image_embed,
         image_pe=image_pe,
-        sparse_prompt_embeddings=seg_embeddings.unsqueeze(1).to(image_embed.dtype),
+        sparse_prompt_embeddings=sparse.to(image_embed.dtype),
         dense_prompt_embeddings=dense.to(image_embed.dtype),
         multimask_output=False,
         repeat_image=False,
