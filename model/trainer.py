@@ -196,6 +196,8 @@ class Trainer:
             same_video_negatives=config.same_video_negatives,
             positives_any_frame=config.positives_any_frame,
         )
+        if config.pointer_weight > 0 and model.seg_pointer is None:
+            raise ValueError("pointer_weight needs a model with seg_point_prompt (glus train --point-prompt)")
         self.location: TargetLocationLoss | None = None
         if config.location_weight > 0:  # a training-only probe: optimised with the model, never saved
             self.location = TargetLocationLoss(model.config.llm_hidden_size).to(device)

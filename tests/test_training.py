@@ -211,6 +211,9 @@ def test_pointer_loss_is_the_cross_entropy_against_the_target_share_of_each_cell
     shares = logits.detach().softmax(-1)
     assert shares[0, 1] > 0.95 and abs(shares[1, 0] - 0.5) < 0.05 and abs(shares[1, 2] - 0.5) < 0.05
     assert pointer_cell_ce(logits, torch.zeros_like(masks)).item() == 0.0
+    model, tok = random_model("glus-tiny", seed=0)
+    with pytest.raises(ValueError, match="seg_point_prompt"):  # no pointer to train
+        Trainer(model, tok, TrainConfig(pointer_weight=1.0))
 
 
 def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():
