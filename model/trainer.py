@@ -237,7 +237,7 @@ class Trainer:
         tokens = model.encode_images(pixels).view(
             len(videos), mcfg.context_frames + cfg.query_frames, model.visual_tokens_per_image, -1
         )
-        sequences, positions, frame_positions = [], [], []
+        sequences, positions, prompt_ids = [], [], []
         for v, expr in rows:
             if cfg.prompt_templates == "inference":
                 text = inference_prompt(expr.text, mcfg.context_frames, cfg.query_frames, open_last=False)
@@ -246,7 +246,7 @@ class Trainer:
             ids = torch.tensor(self.tokenizer.encode_prompt(text), device=self.device)
             sequences.append(model.embed_prompt(ids, tokens[v]))
             positions.append(seg_state_positions(ids, self.seg_id, model.visual_tokens_per_image))
-            frame_positions.append(image_token_positions(ids, model.visual_tokens_per_image)[-cfg.query_frames :])
+            prompt_ids.append(ids)
         length = max(s.shape[0] for s in sequences)
         batch = torch.zeros(len(sequences), length, sequences[0].shape[1], device=self.device, dtype=sequences[0].dtype)
         attention = torch.zeros(len(sequences), length, dtype=torch.long, device=self.device)
@@ -259,6 +259,9 @@ class Trainer:
         embeddings = model.project_seg(seg_states.flatten(0, 1)).view(len(rows), cfg.query_frames, -1)
         prompts, pointer_logits = embeddings, None
         if model.seg_pointer is not None:  # tiny aid: a soft point prompt where the [SEG] state points
+            frame_positions = [  # each row's query images: the last images of its prompt
+                image_token_positions(ids, model.visual_tokens_per_image)[-cfg.query_frames :] for ids in prompt_ids
+            ]
             frame_states = torch.stack([hidden[i, p] for i, p in enumerate(frame_positions)])  # (R, Q, T, C)
             points, pointer_logits = model.point_prompt(seg_states.flatten(0, 1), frame_states.flatten(0, 1))
             points = points.view(len(rows), cfg.query_frames, -1)

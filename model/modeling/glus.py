@@ -49,7 +49,9 @@ class GlusModel(nn.Module):
         centres = None
         if config.seg_point_prompt == "pointer":
             self.seg_pointer = SegPointer(config.llm_hidden_size)
-            rows_cols = visual_token_coordinates(config.patch_grid, config.vision_token_pool, "grid")
+            rows_cols = visual_token_coordinates(
+                config.patch_grid, config.vision_token_pool, config.vision_token_pool_layout
+            )
             centres = (rows_cols.flip(1) + 0.5) / config.patch_grid  # (x, y) in [0, 1], SAM-2's point order
         self.token_cell_centres: torch.Tensor | None
         self.register_buffer("token_cell_centres", centres, persistent=False)  # rebuilt from the config
@@ -78,9 +80,8 @@ class GlusModel(nn.Module):
         if int(is_image.sum()) != n_images:
             raise ValueError(f"prompt has {int(is_image.sum())} image placeholders but {n_images} images were given")
         text = self.language_model.get_input_embeddings()(input_ids.clamp(min=0)[~is_image])
-        widths = torch.where(is_image, tokens_per_image, 1)
-        starts = torch.cumsum(widths, 0) - widths
-        out = text.new_empty(int(widths.sum()), width)
+        starts, length = _expanded_starts(input_ids, tokens_per_image)
+        out = text.new_empty(length, width)
         out[starts[~is_image]] = text
         image_pos = image_token_positions(input_ids, tokens_per_image).flatten()
         out[image_pos] = image_features.reshape(-1, width).to(text.dtype)
@@ -151,17 +152,23 @@ def seg_state_positions(input_ids: torch.Tensor, seg_token_id: int, tokens_per_i
     ``tokens_per_image`` positions. (The reference builds the same mask the LISA way: shift by one,
     prepend the context images' width, add one image's width before every ``[SEG]``.)
     """
-    widths = torch.where(input_ids == IMAGE_PLACEHOLDER_ID, tokens_per_image, 1)
-    starts = torch.cumsum(widths, 0) - widths
+    starts, _ = _expanded_starts(input_ids, tokens_per_image)
     return starts[input_ids == seg_token_id] - 1
 
 
 def image_token_positions(input_ids: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
     """``(n_images, tokens_per_image)`` positions of each image's visual tokens in the image-expanded sequence."""
-    is_image = input_ids == IMAGE_PLACEHOLDER_ID
-    widths = torch.where(is_image, tokens_per_image, 1)
-    starts = torch.cumsum(widths, 0) - widths
-    return starts[is_image].unsqueeze(1) + torch.arange(tokens_per_image, device=input_ids.device)
+    starts, _ = _expanded_starts(input_ids, tokens_per_image)
+    image_starts = starts[input_ids == IMAGE_PLACEHOLDER_ID]
+    return image_starts.unsqueeze(1) + torch.arange(tokens_per_image, device=input_ids.device)
+
+
+def _expanded_starts(input_ids: torch.Tensor, tokens_per_image: int) -> tuple[torch.Tensor, int]:
+    """Where each token of ``input_ids`` starts once every placeholder (-200) is ``tokens_per_image`` wide, and
+    the expanded length."""
+    widths = torch.where(input_ids == IMAGE_PLACEHOLDER_ID, tokens_per_image, 1)
+    ends = torch.cumsum(widths, 0)
+    return ends - widths, int(ends[-1])
 
 
 def count_parameters(module: nn.Module) -> int:
