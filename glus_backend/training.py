@@ -129,6 +129,9 @@ def _base_training_aids(base: Path) -> list[str]:
         aids += ["--prompt-templates", "inference"]
     if train.get("same_video_negatives"):
         aids.append("--contrastive-aids")
+    for field, flag in (("pointer_weight", "--pointer-weight"), ("motion_weight", "--motion-weight")):
+        if train.get(field):
+            aids += [flag, str(train[field])]
     return aids
 
 

@@ -26,6 +26,8 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MOTION_CHANNELS = {None: 0, "frame_difference": 6}
+"""Extra CLIP input channels of each ``vision_motion_channels`` setting."""
 
 
 @dataclass
@@ -45,6 +47,9 @@ class GlusConfig:
     vision_token_pool_layout: str = "raster"  # "raster" (GLUS) or "grid"
     projector_output_norm: str | None = None  # None (GLUS) or "layernorm"
     vision_position_embedding: str | None = None  # None (GLUS) or "sincos2d"
+    # None (GLUS) or "frame_difference" (tiny-model aid, see preprocessing.clip_video_pixel_values): CLIP also sees
+    # each frame's differences to its neighbours (6 more input channels, vision["num_channels"] = 9)
+    vision_motion_channels: str | None = None
     clip_image_size: int = 224
     clip_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     clip_std: tuple[float, float, float] = OPENAI_CLIP_STD
@@ -96,6 +101,14 @@ class GlusConfig:
             raise ValueError(f"unknown projector_output_norm {self.projector_output_norm!r}")
         if self.vision_position_embedding not in (None, "sincos2d"):
             raise ValueError(f"unknown vision_position_embedding {self.vision_position_embedding!r}")
+        if self.vision_motion_channels not in MOTION_CHANNELS:
+            raise ValueError(f"unknown vision_motion_channels {self.vision_motion_channels!r}")
+        channels = 3 + MOTION_CHANNELS[self.vision_motion_channels]
+        if int(self.vision.get("num_channels", 3)) != channels:
+            raise ValueError(
+                f"vision_motion_channels {self.vision_motion_channels!r} needs vision num_channels {channels}, "
+                f"got {self.vision.get('num_channels', 3)}"
+            )
         if self.seg_hidden_norm not in (None, "batchnorm"):
             raise ValueError(f"unknown seg_hidden_norm {self.seg_hidden_norm!r}")
         if self.seg_output_norm not in (None, "layernorm"):

@@ -85,7 +85,8 @@ def _point_lm_head_at_seg(model: GlusModel, tokenizer: GlusTokenizer, bias: floa
 
     config = model.config
     ids = torch.tensor(tokenizer.encode_prompt(inference_prompt("the object", config.context_frames, 1)))
-    pixels = torch.zeros(config.context_frames + 1, 3, config.clip_image_size, config.clip_image_size)
+    channels = model.vision_tower.config.num_channels
+    pixels = torch.zeros(config.context_frames + 1, channels, config.clip_image_size, config.clip_image_size)
     with torch.no_grad():
         hidden = model.language_hidden_states(model.embed_prompt(ids, model.encode_images(pixels)).unsqueeze(0))[0, -1]
         seg_id = tokenizer.token_to_id(config.seg_token)

@@ -10,12 +10,14 @@ Frames are ``uint8`` RGB arrays of shape ``(H, W, 3)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .config import GlusConfig
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
@@ -45,6 +47,31 @@ def clip_pixel_values(
         crop = resized[top : top + size, left : left + size].astype(np.float32) * np.float32(1 / 255)
         out.append(((crop - mean_a) / std_a).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out))
+
+
+def clip_video_pixel_values(
+    config: GlusConfig, frame_at: Callable[[int], np.ndarray], indices: Sequence[int], num_frames: int
+) -> torch.Tensor:
+    """CLIP inputs of frames ``indices`` of a ``num_frames``-frame video, ``(N, 3, size, size)``.
+
+    ``config.vision_motion_channels="frame_difference"`` (a tiny-model aid, off for glus-7b) gives
+    ``(N, 9, size, size)``: the frame, the frame minus the previous one and the next one minus the frame (zero at
+    the video's ends), all in normalised CLIP units. A frame's patches then show where its objects came from and
+    where they go, so its visual tokens can say how their object moves, which a ViT that sees one frame at a
+    time cannot.
+    """
+    size, mean, std = config.clip_image_size, config.clip_mean, config.clip_std
+    if config.vision_motion_channels is None:
+        return clip_pixel_values([frame_at(i) for i in indices], size, mean, std)
+    needed = sorted({j for i in indices for j in (i - 1, i, i + 1) if 0 <= j < num_frames})
+    table = dict(zip(needed, clip_pixel_values([frame_at(j) for j in needed], size, mean, std)))
+    out = []
+    for i in indices:
+        frame = table[i]
+        backward = frame - table[i - 1] if i - 1 in table else torch.zeros_like(frame)
+        forward = table[i + 1] - frame if i + 1 in table else torch.zeros_like(frame)
+        out.append(torch.cat([frame, backward, forward]))
+    return torch.stack(out)
 
 
 def sam_pixel_values(

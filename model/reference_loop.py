@@ -19,7 +19,7 @@ from .inference import context_frame_indices
 from .modeling.glus import GlusModel
 from .modeling.memory_bank import MemoryBank
 from .modeling.sam2_memory import upsample_logits
-from .preprocessing import clip_pixel_values, sam_pixel_values
+from .preprocessing import clip_video_pixel_values, sam_pixel_values
 from .prompting import inference_prompt
 from .tokenizer import GlusTokenizer
 from .video_io import FrameSource
@@ -53,8 +53,7 @@ def reference_style_segment(
         masks, logits_per_frame = [], []
         for t in range(n):
             rounds = list(range(max(0, t - cfg.query_window + 1), t + 1))
-            images = [all_frames[i] for i in context + rounds]
-            pixels = clip_pixel_values(images, cfg.clip_image_size, cfg.clip_mean, cfg.clip_std)
+            pixels = clip_video_pixel_values(cfg, all_frames.__getitem__, context + rounds, n)
             tokens = model.encode_images(pixels.to(device, dtype))
             ids = torch.tensor(
                 tokenizer.encode_prompt(

@@ -153,6 +153,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "frame's visual tokens, whose cell prompts SAM-2 as a soft point (square pooling cells)",
     )
     parser.add_argument(
+        "--motion-channels",
+        action="store_true",
+        help="tiny-model switch, from scratch (see the model card): CLIP also sees each frame's differences to the "
+        "previous and the next frame, so the visual tokens can say how their object moves",
+    )
+    parser.add_argument(
         "--llm-layers", type=int, default=None, help="language-model layers of a model built from scratch"
     )
     parser.add_argument(
@@ -181,6 +187,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="tiny-model aid: weight of a loss that makes the [SEG] states regress the target's box (0 = off, GLUS)",
+    )
+    parser.add_argument(
+        "--seg-prompt-dropout",
+        type=float,
+        default=0.0,
+        help="tiny-model aid (models with --point-prompt): probability of leaving an expression's [SEG] token out of "
+        "SAM-2's prompt in a training clip, so that the mask decoder learns to follow the point (0 = off)",
+    )
+    parser.add_argument(
+        "--motion-weight",
+        type=float,
+        default=0.0,
+        help="tiny-model aid: weight of a loss that makes the query frames' visual-token states regress the velocity "
+        "of the object they show (0 = off, GLUS; best with --motion-channels)",
     )
     parser.add_argument(
         "--pointer-weight",
@@ -229,7 +249,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
     import torch
 
     from .checkpoint import from_pretrained, save_pretrained
-    from .config import get_config, with_sam_image_size
+    from .config import MOTION_CHANNELS, get_config, with_sam_image_size
     from .factory import random_model
     from .trainer import TrainConfig, Trainer
 
@@ -237,6 +257,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         scratch_only = {
             "--visual-token-aids": args.visual_token_aids,
             "--point-prompt": args.point_prompt,
+            "--motion-channels": args.motion_channels,
             "--sam-image-size": args.sam_image_size,
             "--llm-layers": args.llm_layers,
         }
@@ -266,6 +287,9 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         if args.point_prompt:
             config.vision_token_pool_layout = "grid"
             config.seg_point_prompt = "pointer"
+        if args.motion_channels:
+            config.vision_motion_channels = "frame_difference"
+            config.vision["num_channels"] = 3 + MOTION_CHANNELS["frame_difference"]
         model, tokenizer = random_model(config, seed=args.seed)
     if args.synthetic:
         source = SyntheticTrainingSource(args.seed, args.curriculum_steps)
@@ -287,6 +311,8 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         same_video_negatives=args.from_scratch_aids or args.contrastive_aids,
         positives_any_frame=args.from_scratch_aids or args.contrastive_aids,
         location_weight=args.location_weight,
+        motion_weight=args.motion_weight,
+        seg_prompt_dropout=args.seg_prompt_dropout,
         pointer_weight=args.pointer_weight,
     )
     main = distributed.is_main

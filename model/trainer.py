@@ -30,17 +30,19 @@ import torch.nn.functional as F
 
 from .distributed import DistributedContext
 from .losses import (
+    CellMotionLoss,
     ObjectContrastiveLoss,
     SegTokenKey,
     TargetLocationLoss,
     mask_bce,
     mask_dice,
+    mask_velocities,
     pointer_cell_ce,
     seg_token_ce,
 )
 from .modeling.glus import GlusModel, image_token_positions, seg_state_positions
 from .modeling.memory_bank import MemoryBank
-from .preprocessing import clip_pixel_values, sam_pixel_values
+from .preprocessing import clip_video_pixel_values, sam_pixel_values
 from .prompting import inference_prompt, training_prompt
 from .tokenizer import GlusTokenizer
 
@@ -82,6 +84,11 @@ class TrainConfig:
     same_video_negatives: bool = False  # always use the anchor video's other objects as negatives (tiny aid)
     positives_any_frame: bool = False  # the same objects at other query frames are positives too (tiny aid)
     location_weight: float = 0.0  # > 0: the [SEG] states also regress the target's box (tiny aid, losses.py)
+    # > 0: the query frames' visual-token states also regress the velocity of the single object they show (tiny aid)
+    motion_weight: float = 0.0
+    # > 0 (models with seg_point_prompt, tiny aid): the probability that an expression's [SEG] token is left out of
+    # SAM-2's prompt in a training clip, so the mask decoder must follow the point (otherwise it learns to ignore it)
+    seg_prompt_dropout: float = 0.0
     pointer_weight: float = 0.0  # > 0 (models with seg_point_prompt): the pointer is told the target's cells
     query_frames: int = 4
     expressions_per_video: int = 3
@@ -108,6 +115,9 @@ class BatchOutputs:
     bce: torch.Tensor
     dice: torch.Tensor
     pointer_logits: torch.Tensor | None = None  # (R, Q, T) with seg_point_prompt
+    frame_states: torch.Tensor | None = None  # (R, Q, T, C_llm) query frames' visual-token states (pointer / motion)
+    velocities: torch.Tensor | None = None  # (R, Q, 2) single-object targets' velocities (motion_weight > 0)
+    velocity_known: torch.Tensor | None = None  # (R, Q) bool
 
 
 @dataclass
@@ -123,6 +133,7 @@ class TrainStepStats:
     seconds: float
     location: float = 0.0
     pointer: float = 0.0
+    motion: float = 0.0
 
 
 def sample_clip(
@@ -198,11 +209,20 @@ class Trainer:
         )
         if config.pointer_weight > 0 and model.seg_pointer is None:
             raise ValueError("pointer_weight needs a model with seg_point_prompt (glus train --point-prompt)")
+        if config.seg_prompt_dropout > 0 and model.seg_pointer is None:
+            raise ValueError("seg_prompt_dropout needs a model with seg_point_prompt (glus train --point-prompt)")
         self.location: TargetLocationLoss | None = None
         if config.location_weight > 0:  # a training-only probe: optimised with the model, never saved
             self.location = TargetLocationLoss(model.config.llm_hidden_size).to(device)
             probe = list(self.location.parameters())
             self.distributed.broadcast_parameters(self.location)
+            self.optimizer.add_param_group({"params": probe, "weight_decay": 0.0})
+            self.params = self.params + probe
+        self.motion: CellMotionLoss | None = None
+        if config.motion_weight > 0:  # a training-only probe, like the location one
+            self.motion = CellMotionLoss(model.config.llm_hidden_size).to(device)
+            probe = list(self.motion.parameters())
+            self.distributed.broadcast_parameters(self.motion)
             self.optimizer.add_param_group({"params": probe, "weight_decay": 0.0})
             self.params = self.params + probe
         self.step_index = 0
@@ -232,8 +252,12 @@ class Trainer:
             clips.append((context, query))
             rows.extend((v_index, e) for e in exprs)
         # --- multimodal LLM: one teacher-forced conversation per (video, expression) ---
-        all_frames = [videos[v].frames[i] for v, (c, q) in enumerate(clips) for i in c + q]
-        pixels = clip_pixel_values(all_frames, mcfg.clip_image_size, mcfg.clip_mean, mcfg.clip_std).to(self.device)
+        pixels = torch.cat(
+            [
+                clip_video_pixel_values(mcfg, videos[v].frames.__getitem__, c + q, len(videos[v].frames))
+                for v, (c, q) in enumerate(clips)
+            ]
+        ).to(self.device)
         tokens = model.encode_images(pixels).view(
             len(videos), mcfg.context_frames + cfg.query_frames, model.visual_tokens_per_image, -1
         )
@@ -257,16 +281,27 @@ class Trainer:
         seg_states = torch.stack([hidden[i, p] for i, p in enumerate(positions)])  # (R, Q, C)
         ce = seg_token_ce(model.token_logits(seg_states.flatten(0, 1)), self.seg_id)
         embeddings = model.project_seg(seg_states.flatten(0, 1)).view(len(rows), cfg.query_frames, -1)
-        prompts, pointer_logits = embeddings, None
-        if model.seg_pointer is not None:  # tiny aid: a soft point prompt where the [SEG] state points
+        prompts, pointer_logits, frame_states = embeddings, None, None
+        if model.seg_pointer is not None or self.motion is not None:
             frame_positions = [  # each row's query images: the last images of its prompt
                 image_token_positions(ids, model.visual_tokens_per_image)[-cfg.query_frames :] for ids in prompt_ids
             ]
             frame_states = torch.stack([hidden[i, p] for i, p in enumerate(frame_positions)])  # (R, Q, T, C)
+        velocities = velocity_known = None
+        if self.motion is not None:  # single-object targets only: a union of objects has no one velocity
+            tracks = [mask_velocities(torch.from_numpy(e.masks), clips[v][1]) for v, e in rows]
+            velocities = torch.stack([t[0] for t in tracks]).to(self.device)
+            single = torch.tensor([len(e.objects) == 1 for _, e in rows]).unsqueeze(1)
+            velocity_known = (torch.stack([t[1] for t in tracks]) & single).to(self.device)
+        if model.seg_pointer is not None:  # tiny aid: a soft point prompt where the [SEG] state points
             points, pointer_logits = model.point_prompt(seg_states.flatten(0, 1), frame_states.flatten(0, 1))
             points = points.view(len(rows), cfg.query_frames, -1)
             pointer_logits = pointer_logits.view(len(rows), cfg.query_frames, -1)
             prompts = torch.stack([embeddings, points], 2)  # (R, Q, 2, C_sam)
+            if cfg.seg_prompt_dropout > 0 and torch.is_grad_enabled():
+                keep = [float(rng.random() >= cfg.seg_prompt_dropout) for _ in rows]
+                keep_seg = torch.tensor(keep, device=self.device, dtype=prompts.dtype).view(-1, 1, 1, 1)
+                prompts = torch.cat([prompts[:, :, :1] * keep_seg, prompts[:, :, 1:]], 2)
         # --- SAM-2 frame by frame with the memory bank in the loop ---
         row_video = [v for v, _ in rows]
         bank = MemoryBank(mcfg.num_maskmem, cfg.mem_stride)
@@ -308,6 +343,9 @@ class Trainer:
             bce=bce,
             dice=dice,
             pointer_logits=pointer_logits,
+            frame_states=frame_states,
+            velocities=velocities,
+            velocity_known=velocity_known,
         )
 
     def train_step(self, videos: list[TrainingVideo]) -> TrainStepStats:
@@ -336,7 +374,17 @@ class Trainer:
             if cfg.pointer_weight > 0 and out.pointer_logits is not None
             else torch.zeros((), device=self.device)
         )
-        loss = loss + cfg.location_weight * location + cfg.pointer_weight * pointer
+        motion = (
+            self.motion.train()(
+                out.frame_states.flatten(0, 1),
+                out.targets.flatten(0, 1),
+                out.velocities.flatten(0, 1),
+                out.velocity_known.flatten(0, 1),
+            )
+            if self.motion is not None
+            else torch.zeros((), device=self.device)
+        )
+        loss = loss + cfg.location_weight * location + cfg.pointer_weight * pointer + cfg.motion_weight * motion
         lr = self.lr_at(self.step_index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -346,8 +394,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.step_index += 1
-        loss, ce, bce, dice, contrastive, location, pointer = (
-            t.detach() for t in (loss, ce, bce, dice, contrastive, location, pointer)
+        loss, ce, bce, dice, contrastive, location, pointer, motion = (
+            t.detach() for t in (loss, ce, bce, dice, contrastive, location, pointer, motion)
         )
         return TrainStepStats(
             self.step_index,
@@ -361,6 +409,7 @@ class Trainer:
             time.perf_counter() - started,
             location.item(),
             pointer.item(),
+            motion.item(),
         )
 
     def fit(
@@ -374,7 +423,8 @@ class Trainer:
                 on_step(stats)
             if stats.step % self.config.log_every == 0 or stats.step == self.config.steps:
                 logger.info(
-                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs loc %.4f ptr %.4f",
+                    "step %d loss %.4f (ce %.4f bce %.4f dice %.4f con %.4f/%d) lr %.2e %.2fs "
+                    "loc %.4f ptr %.4f mot %.4f",
                     *asdict(stats).values(),
                 )
         self.model.eval()

@@ -27,7 +27,7 @@ import torch
 
 from .modeling.glus import GlusModel
 from .modeling.sam2_memory import FrameFeatures
-from .preprocessing import clip_pixel_values, sam_pixel_values
+from .preprocessing import clip_video_pixel_values, sam_pixel_values
 from .tokenizer import IMAGE_PLACEHOLDER_ID
 from .video_io import FrameSource
 
@@ -175,7 +175,7 @@ class VideoContext:
             extra = [i for i in dict.fromkeys(upcoming) if i not in self._clip and i not in missing]
             batch = missing + extra[: max(0, self.encode_batch - len(missing))]
             cfg = self.config
-            pixels = clip_pixel_values(self._frames(batch), cfg.clip_image_size, cfg.clip_mean, cfg.clip_std)
+            pixels = clip_video_pixel_values(cfg, lambda i: self._frames([i])[0], batch, len(self.source))
             tokens = self.model.encode_images(self._to_device(pixels))
             self.stats["clip_frames_encoded"] += len(batch)
             for i, t in zip(batch, tokens):

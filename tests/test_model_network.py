@@ -248,3 +248,51 @@ def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(m
         GlusConfig.from_dict({**get_config("glus-tiny").to_dict(), "seg_point_prompt": "pointer"})
     with pytest.raises(ValueError, match="seg_point_prompt"):
         GlusConfig.from_dict({**config.to_dict(), "seg_point_prompt": "box"})
+
+
+def test_motion_channels_show_clip_each_frames_neighbours_on_both_inference_paths(moving_square_video):
+    """The from-scratch motion switch: CLIP's input for frame t is the frame, t minus t-1 and t+1 minus t (zero
+    past the video's ends), so a frame's visual tokens change with its neighbours; the cached, lockstep path and
+    the reference-style loop give the same masks; the configuration must match the vision tower's channels."""
+    import numpy as np
+    import pytest
+
+    from model.config import GlusConfig, get_config
+    from model.factory import random_model
+    from model.inference import VideoSegmenter
+    from model.preprocessing import clip_video_pixel_values
+    from model.reference_loop import reference_style_segment
+
+    video = moving_square_video[:6]
+    config = get_config("glus-tiny")
+    plain = clip_pixel_values(list(video), config.clip_image_size, config.clip_mean, config.clip_std)
+    assert torch.equal(clip_video_pixel_values(config, video.__getitem__, [4, 0], 6), plain[[4, 0]])
+    config.vision_motion_channels, config.vision["num_channels"] = "frame_difference", 9
+    motion = clip_video_pixel_values(config, video.__getitem__, [0, 3, 5], 6)
+    assert motion.shape == (3, 9, 64, 64)
+    assert torch.equal(motion[:, :3], plain[[0, 3, 5]])
+    assert torch.equal(motion[1, 3:6], plain[3] - plain[2]) and torch.equal(motion[1, 6:], plain[4] - plain[3])
+    assert not motion[0, 3:6].any() and torch.equal(motion[0, 6:], plain[1] - plain[0])  # no frame before 0
+    assert not motion[2, 6:].any() and motion[2, 3:6].abs().sum() > 0  # no frame after the last
+
+    model, tok = random_model(config, seed=0, seg_logit_bias=20.0)
+    model.eval()
+    still = video.copy()
+    still[2] = video[3]  # frame 3 now has the same picture before it: no backward motion
+    with torch.no_grad():
+        moving = model.encode_images(clip_video_pixel_values(config, video.__getitem__, [3], 6))
+        stopped = model.encode_images(clip_video_pixel_values(config, still.__getitem__, [3], 6))
+    assert (moving - stopped).abs().max() > 1e-3  # same frame, different motion, different tokens
+
+    expressions = ["the red square", "the ramp"]
+    reference = reference_style_segment(model, tok, video, expressions)
+    fast = VideoSegmenter(model, tok).segment(video, expressions)
+    for ref, result in zip(reference, fast):
+        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
+        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+
+    assert get_config("glus-7b").vision_motion_channels is None
+    with pytest.raises(ValueError, match="num_channels 9"):
+        GlusConfig.from_dict({**get_config("glus-tiny").to_dict(), "vision_motion_channels": "frame_difference"})
+    with pytest.raises(ValueError, match="vision_motion_channels"):
+        GlusConfig.from_dict({**config.to_dict(), "vision_motion_channels": "flow"})

@@ -179,7 +179,8 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "data"), "--split", "train", "--out", str(out), "--steps", "3",
             "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64",
-            "--visual-token-aids", "--location-weight", "1.0", "--point-prompt", "--pointer-weight", "1.0"]
+            "--visual-token-aids", "--location-weight", "1.0", "--point-prompt", "--pointer-weight", "1.0",
+            "--motion-channels", "--motion-weight", "1.0"]
     assert glus_main(args) == 0
     model, _, report = from_pretrained(out)
     assert report.ok and model.config.seg_hidden_norm == "batchnorm" and model.sam_image_size == 64
@@ -187,9 +188,12 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
             model.config.vision_position_embedding) == ("grid", "layernorm", "sincos2d")  # fmt: skip
     assert not any(k.startswith("location") or ".probe." in k for k in model.state_dict())  # not saved
     assert model.config.seg_point_prompt == "pointer" and any(k.startswith("seg_pointer.") for k in model.state_dict())
+    assert model.config.vision_motion_channels == "frame_difference" and model.config.vision["num_channels"] == 9
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(line["location"] > 0 and line["pointer"] > 0 for line in lines)
-    for flag in (["--point-prompt"], ["--sam-image-size", "64"], ["--llm-layers", "3"]):  # model-shaping flags
+    assert any(line["motion"] > 0 for line in lines)  # the mevis videos' single-object expressions move
+    shaping = (["--point-prompt"], ["--motion-channels"], ["--sam-image-size", "64"], ["--llm-layers", "3"])
+    for flag in shaping:  # model-shaping flags
         with pytest.raises(SystemExit, match=flag[0]):
             glus_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "again"), "--init", str(out),
                        "--steps", "1", *flag])  # fmt: skip
@@ -214,6 +218,70 @@ def test_pointer_loss_is_the_cross_entropy_against_the_target_share_of_each_cell
     model, tok = random_model("glus-tiny", seed=0)
     with pytest.raises(ValueError, match="seg_point_prompt"):  # no pointer to train
         Trainer(model, tok, TrainConfig(pointer_weight=1.0))
+
+
+def test_motion_aid_regresses_each_covered_cells_velocity_of_its_single_object():
+    """mask_velocities: centroid shift from the frame before to the frame after (one-sided at the ends, unknown
+    where the mask is empty); CellMotionLoss: only cells the target covers enough, only known velocities, and a
+    probe that learns them."""
+    from model.losses import CellMotionLoss, mask_velocities
+
+    masks = torch.zeros(5, 16, 16, dtype=torch.bool)
+    for t in range(4):  # a 4x4 square moving 2 px right per frame; gone in frame 4
+        masks[t, 4:8, 2 + 2 * t : 6 + 2 * t] = True
+    velocities, known = mask_velocities(masks, [0, 1, 2, 3, 4], scale=16.0)
+    assert known.tolist() == [True, True, True, False, False]  # frame 3 needs frame 4; frame 4 is empty
+    assert torch.allclose(velocities[:3], torch.tensor([[2.0, 0.0]] * 3))  # 2 px per frame, 16 px frame: 2.0
+    assert not velocities[3:].any()
+
+    torch.manual_seed(0)
+    loss = CellMotionLoss(8, min_share=0.5)
+    states = torch.randn(3, 4, 8)  # 3 (expression, frame) rows, 2x2 cells
+    targets = torch.zeros(3, 8, 8, dtype=torch.bool)
+    targets[0, 0:4, 0:4] = True  # cell 0 of row 0
+    targets[1, 4:8, 2:6] = True  # half of cells 2 and 3 of row 1
+    targets[2, 0:8, 0:8] = True  # every cell, but its velocity is unknown
+    velocity = torch.tensor([[1.0, -1.0], [0.5, 0.0], [3.0, 3.0]])
+    known = torch.tensor([True, True, False])
+    with torch.no_grad():
+        predicted = loss.probe(states)
+    cells = [predicted[0, 0], predicted[1, 2], predicted[1, 3]]
+    wanted = [velocity[0], velocity[1], velocity[1]]
+    expected = torch.stack([F.smooth_l1_loss(a, b, beta=0.1, reduction="sum") for a, b in zip(cells, wanted)]).mean()
+    assert torch.allclose(loss(states, targets, velocity, known), expected)
+    assert loss(states, targets, velocity, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+    optimizer = torch.optim.Adam(loss.parameters(), lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss(states, targets, velocity, known).backward()
+        optimizer.step()
+    assert loss(states, targets, velocity, known).item() < 0.01
+
+
+def test_seg_prompt_dropout_leaves_the_seg_token_out_of_sams_prompt_in_training_only():
+    """With dropout 1 the masks of a training pass do not depend on the [SEG] token (only on the point); an
+    evaluation pass still uses it; a model without a pointer refuses the setting (it would get no prompt)."""
+    from model.config import get_config
+
+    config = get_config("glus-tiny")
+    config.vision_token_pool_layout, config.seg_point_prompt = "grid", "pointer"
+    model, tok = random_model(config, seed=0)
+    videos = _toy_videos(0, n=2)
+
+    def masks(dropout: float, grad: bool) -> torch.Tensor:
+        trainer = Trainer(model, tok, TrainConfig(batch_size=2, seg_prompt_dropout=dropout))
+        with torch.set_grad_enabled(grad):
+            return trainer.forward(videos, random.Random(0)).mask_logits.detach()
+
+    model.eval()  # deterministic layers; the dropout follows grad mode, as in a training step
+    dropped, kept = masks(1.0, True), masks(1.0, False)
+    with torch.no_grad():
+        model.seg_projector.layers[-1].bias.add_(5.0)  # a different [SEG] token
+    assert torch.equal(masks(1.0, True), dropped)
+    assert not torch.equal(masks(1.0, False), kept) and not torch.equal(masks(0.0, True), dropped)
+    plain, tok = random_model("glus-tiny", seed=0)
+    with pytest.raises(ValueError, match="seg_point_prompt"):
+        Trainer(plain, tok, TrainConfig(seg_prompt_dropout=0.5))
 
 
 def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():
