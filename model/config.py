@@ -59,7 +59,8 @@ class GlusConfig:
     # a from-scratch mask decoder otherwise learns to ignore a prompt token much smaller than its other tokens)
     seg_output_norm: str | None = None
     # None (GLUS) or "pointer" (tiny-model aid, see modeling/point_prompt.py): the [SEG] state also points at one
-    # of its query frame's visual tokens, and that cell's position prompts SAM-2 as a soft point
+    # of its query frame's visual tokens, and that cell's position prompts SAM-2 as a soft point; or "pointer_map":
+    # the same, and the pointer's cell probabilities also enter SAM-2 as a dense prompt (modeling/point_prompt.py)
     seg_point_prompt: str | None = None
     # --- SAM-2 (the `sam2` package's SAM2Base, built from one of its yaml files plus overrides) ---
     sam2_config: str = "configs/sam2/sam2_hiera_l.yaml"
@@ -113,10 +114,12 @@ class GlusConfig:
             raise ValueError(f"unknown seg_hidden_norm {self.seg_hidden_norm!r}")
         if self.seg_output_norm not in (None, "layernorm"):
             raise ValueError(f"unknown seg_output_norm {self.seg_output_norm!r}")
-        if self.seg_point_prompt not in (None, "pointer"):
+        if self.seg_point_prompt not in (None, "pointer", "pointer_map"):
             raise ValueError(f"unknown seg_point_prompt {self.seg_point_prompt!r}")
         if self.seg_point_prompt and self.vision_token_pool_layout != "grid" and self.vision_token_pool != 1:
-            raise ValueError("seg_point_prompt 'pointer' needs visual tokens on a square grid (pool layout 'grid')")
+            raise ValueError(
+                f"seg_point_prompt {self.seg_point_prompt!r} needs visual tokens on a square grid (pool layout 'grid')"
+            )
         if self.num_maskmem < 1 or self.mem_stride < 1:
             raise ValueError("num_maskmem and mem_stride must be >= 1")
 

@@ -153,6 +153,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "frame's visual tokens, whose cell prompts SAM-2 as a soft point (square pooling cells)",
     )
     parser.add_argument(
+        "--point-map",
+        action="store_true",
+        help="tiny-model switch, from scratch (implies --point-prompt; see the model card): the pointer's cell "
+        "probabilities also enter SAM-2 as a dense prompt, which its mask decoder cannot ignore as it does the point",
+    )
+    parser.add_argument(
         "--motion-channels",
         action="store_true",
         help="tiny-model switch, from scratch (see the model card): CLIP also sees each frame's differences to the "
@@ -257,6 +263,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         scratch_only = {
             "--visual-token-aids": args.visual_token_aids,
             "--point-prompt": args.point_prompt,
+            "--point-map": args.point_map,
             "--motion-channels": args.motion_channels,
             "--sam-image-size": args.sam_image_size,
             "--llm-layers": args.llm_layers,
@@ -284,9 +291,9 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
             config.vision_position_embedding = "sincos2d"
         if args.llm_layers:
             config.llm["num_hidden_layers"] = args.llm_layers
-        if args.point_prompt:
+        if args.point_prompt or args.point_map:
             config.vision_token_pool_layout = "grid"
-            config.seg_point_prompt = "pointer"
+            config.seg_point_prompt = "pointer_map" if args.point_map else "pointer"
         if args.motion_channels:
             config.vision_motion_channels = "frame_difference"
             config.vision["num_channels"] = 3 + MOTION_CHANNELS["frame_difference"]

@@ -159,8 +159,7 @@ def trainable_parameters(model: GlusModel, parts: str) -> list[torch.nn.Paramete
     for p in model.parameters():
         p.requires_grad_(False)
     modules = [model.multi_modal_projector, model.seg_projector, model.sam.sam_mask_decoder]
-    if model.seg_pointer is not None:
-        modules.append(model.seg_pointer)
+    modules += [m for m in (model.seg_pointer, model.point_map) if m is not None]
     if parts == "glus":
         modules.append(model.language_model)
         params = [p for m in modules for p in m.parameters()]
@@ -293,11 +292,12 @@ class Trainer:
             velocities = torch.stack([t[0] for t in tracks]).to(self.device)
             single = torch.tensor([len(e.objects) == 1 for _, e in rows]).unsqueeze(1)
             velocity_known = (torch.stack([t[1] for t in tracks]) & single).to(self.device)
-        if model.seg_pointer is not None:  # tiny aid: a soft point prompt where the [SEG] state points
-            points, pointer_logits = model.point_prompt(seg_states.flatten(0, 1), frame_states.flatten(0, 1))
-            points = points.view(len(rows), cfg.query_frames, -1)
+        if model.seg_pointer is not None:  # tiny aid: a soft point prompt (and cell map) where the [SEG] state points
+            prompts, pointer_logits = model.compose_prompts(
+                embeddings.flatten(0, 1), seg_states.flatten(0, 1), frame_states.flatten(0, 1)
+            )
+            prompts = prompts.view(len(rows), cfg.query_frames, *prompts.shape[1:])  # (R, Q, 2 or 3, C_sam)
             pointer_logits = pointer_logits.view(len(rows), cfg.query_frames, -1)
-            prompts = torch.stack([embeddings, points], 2)  # (R, Q, 2, C_sam)
             if cfg.seg_prompt_dropout > 0 and torch.is_grad_enabled():
                 keep = [float(rng.random() >= cfg.seg_prompt_dropout) for _ in rows]
                 keep_seg = torch.tensor(keep, device=self.device, dtype=prompts.dtype).view(-1, 1, 1, 1)

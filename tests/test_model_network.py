@@ -126,9 +126,13 @@ def test_multimask_fallback_switch():
         out = model.decode_masks(conditioned, feats, seg)
         prompt = model.sam.sam_prompt_encoder
         all_masks, _, _, _ = decoder.predict_masks(
-            conditioned.permute(1, 2, 0).reshape(1, 64, 8, 8), prompt.get_dense_pe(), seg.unsqueeze(1),
-            prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 8, 8), repeat_image=False,
-            high_res_features=feats.high_res)
+            conditioned.permute(1, 2, 0).reshape(1, 64, 8, 8),
+            prompt.get_dense_pe(),
+            seg.unsqueeze(1),
+            prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 8, 8),
+            repeat_image=False,
+            high_res_features=feats.high_res,
+        )
     assert torch.allclose(out.lowres_logits, all_masks[:, 0:1])  # always the trained single-mask token
 
 
@@ -155,8 +159,11 @@ def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tm
     assert "position_embedding" not in projector.state_dict()
     with torch.no_grad():
         tokens = projector(torch.randn(3, 64, 16) * 50)
-        normalised = projector.output_norm(projector.linear_2(projector.act(projector.linear_1(
-            pool_patch_tokens(torch.randn(3, 64, 16) * 50, 4, "grid")))))
+        normalised = projector.output_norm(
+            projector.linear_2(
+                projector.act(projector.linear_1(pool_patch_tokens(torch.randn(3, 64, 16) * 50, 4, "grid")))
+            )
+        )
     assert tokens.shape == (3, 16, 32)
     assert normalised.pow(2).mean(-1).sqrt().sub(1).abs().max() < 1e-3  # unit scale, whatever the input
 
@@ -248,6 +255,62 @@ def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(m
         GlusConfig.from_dict({**get_config("glus-tiny").to_dict(), "seg_point_prompt": "pointer"})
     with pytest.raises(ValueError, match="seg_point_prompt"):
         GlusConfig.from_dict({**config.to_dict(), "seg_point_prompt": "box"})
+
+
+def test_pointer_map_puts_the_pointers_cell_probabilities_into_sams_dense_prompt(moving_square_video):
+    """The pointer-map switch: the prompt carries the pointer's cell probabilities as a third row, SAM-2 gets
+    them as a dense prompt on its image-embedding grid (one learned embedding scaled by each cell's probability),
+    so where the pointer points changes the mask; both inference paths agree; the map trains with the decoder."""
+    import numpy as np
+    import pytest
+
+    from model.config import GlusConfig, get_config
+    from model.factory import random_model
+    from model.inference import VideoSegmenter
+    from model.reference_loop import reference_style_segment
+    from model.trainer import trainable_parameters
+
+    config = get_config("glus-tiny")
+    config.vision_token_pool_layout, config.seg_point_prompt = "grid", "pointer_map"
+    model, tok = random_model(config, seed=0, seg_logit_bias=20.0)
+    model.eval()
+    sam_dim = model.sam.hidden_dim
+
+    with torch.no_grad():
+        cells = torch.nn.functional.one_hot(torch.tensor([6]), 16).float()
+        dense = model.point_map(cells, (4, 4))
+    assert dense.shape == (1, sam_dim, 4, 4)
+    assert torch.allclose(dense[0, :, 1, 2], model.point_map.embedding) and dense[0, :, 0, 0].abs().sum() == 0
+
+    seg_hidden, frame_hidden = torch.randn(2, 128), torch.randn(2, 16, 128)
+    with torch.no_grad():
+        prompts, logits = model.compose_prompts(model.project_seg(seg_hidden), seg_hidden, frame_hidden)
+        point, _ = model.point_prompt(seg_hidden, frame_hidden)
+    assert prompts.shape == (2, 3, sam_dim)
+    assert torch.allclose(prompts[:, 1], point)
+    assert torch.allclose(prompts[:, 2, :16], logits.softmax(-1)) and not prompts[:, 2, 16:].any()
+
+    video = moving_square_video[:6]
+    with torch.no_grad():
+        feats = model.encode_frame(torch.randn(1, 3, model.sam_image_size, model.sam_image_size))
+        conditioned = model.condition_on_memory(feats, [])
+        at = []
+        for cell in (0, 15):
+            prompt = prompts[:1].clone()
+            prompt[0, 2, :16] = torch.nn.functional.one_hot(torch.tensor(cell), 16).float()
+            at.append(model.decode_masks(conditioned, feats, prompt).lowres_logits)
+    assert (at[0] - at[1]).abs().max() > 1e-3  # the map alone moves the mask
+
+    expressions = ["the red square", "the ramp"]
+    reference = reference_style_segment(model, tok, video, expressions)
+    fast = VideoSegmenter(model, tok).segment(video, expressions)
+    for ref, result in zip(reference, fast):
+        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
+        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    assert any(p is model.point_map.embedding for p in trainable_parameters(model, "glus"))
+
+    with pytest.raises(ValueError, match="pointer_map"):
+        GlusConfig.from_dict({**get_config("glus-tiny").to_dict(), "seg_point_prompt": "pointer_map"})
 
 
 def test_motion_channels_show_clip_each_frames_neighbours_on_both_inference_paths(moving_square_video):

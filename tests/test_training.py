@@ -179,7 +179,7 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "data"), "--split", "train", "--out", str(out), "--steps", "3",
             "--batch-size", "2", "--warmup", "1", "--from-scratch-aids", "--sam-image-size", "64",
-            "--visual-token-aids", "--location-weight", "1.0", "--point-prompt", "--pointer-weight", "1.0",
+            "--visual-token-aids", "--location-weight", "1.0", "--point-map", "--pointer-weight", "1.0",
             "--motion-channels", "--motion-weight", "1.0"]
     assert glus_main(args) == 0
     model, _, report = from_pretrained(out)
@@ -187,12 +187,14 @@ def test_glus_train_command_on_a_mevis_split(tmp_path):
     assert (model.config.vision_token_pool_layout, model.config.projector_output_norm,
             model.config.vision_position_embedding) == ("grid", "layernorm", "sincos2d")  # fmt: skip
     assert not any(k.startswith("location") or ".probe." in k for k in model.state_dict())  # not saved
-    assert model.config.seg_point_prompt == "pointer" and any(k.startswith("seg_pointer.") for k in model.state_dict())
+    assert model.config.seg_point_prompt == "pointer_map" and "point_map.embedding" in model.state_dict()
+    assert any(k.startswith("seg_pointer.") for k in model.state_dict())
     assert model.config.vision_motion_channels == "frame_difference" and model.config.vision["num_channels"] == 9
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(line["location"] > 0 and line["pointer"] > 0 for line in lines)
     assert any(line["motion"] > 0 for line in lines)  # the mevis videos' single-object expressions move
-    shaping = (["--point-prompt"], ["--motion-channels"], ["--sam-image-size", "64"], ["--llm-layers", "3"])
+    shaping = (["--point-prompt"], ["--point-map"], ["--motion-channels"], ["--sam-image-size", "64"],
+               ["--llm-layers", "3"])  # fmt: skip
     for flag in shaping:  # model-shaping flags
         with pytest.raises(SystemExit, match=flag[0]):
             glus_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "again"), "--init", str(out),

@@ -9,13 +9,14 @@ network and its per-step pieces.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from ..config import GlusConfig
 from ..tokenizer import IMAGE_PLACEHOLDER_ID
 from . import sam2_memory
-from .point_prompt import SegPointer
+from .point_prompt import PointMap, SegPointer
 from .projector import VisionProjector, visual_token_coordinates
 from .seg_projector import SegProjector
 
@@ -46,9 +47,14 @@ class GlusModel(nn.Module):
             config.llm_hidden_size, self.sam.hidden_dim, config.seg_hidden_norm, config.seg_output_norm
         )
         self.seg_pointer: SegPointer | None = None
+        self.point_map: PointMap | None = None
         centres = None
-        if config.seg_point_prompt == "pointer":
+        if config.seg_point_prompt is not None:
             self.seg_pointer = SegPointer(config.llm_hidden_size)
+            if config.seg_point_prompt == "pointer_map":
+                if config.visual_tokens_per_image > self.sam.hidden_dim:
+                    raise ValueError("seg_point_prompt 'pointer_map' needs at most as many cells as SAM-2 channels")
+                self.point_map = PointMap(self.sam.hidden_dim)
             rows_cols = visual_token_coordinates(
                 config.patch_grid, config.vision_token_pool, config.vision_token_pool_layout
             )
@@ -116,16 +122,32 @@ class GlusModel(nn.Module):
         point = logits.float().softmax(-1) @ cells.float() + encoder.point_embeddings[1].weight.float()
         return point.to(seg_hidden.dtype), logits
 
-    def sam_prompts(self, input_ids: torch.Tensor, hidden: torch.Tensor, state_positions: torch.Tensor) -> torch.Tensor:
-        """The SAM-2 prompt tokens of one prompt's ``[SEG]`` states at ``state_positions`` (one per query round,
-        the last rounds of ``input_ids``): ``(K, C_sam)``, or ``(K, 2, C_sam)`` [SEG] + point with a pointer."""
-        states = hidden[state_positions]
-        embeddings = self.project_seg(states)
+    def compose_prompts(
+        self, embeddings: torch.Tensor, seg_hidden: torch.Tensor, frame_hidden: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The SAM-2 prompt of ``(K, C_sam)`` projected ``[SEG]`` states (and, with a pointer, the ``(K, C_llm)``
+        states and ``(K, T, C_llm)`` frame states they point into) -> the prompt :meth:`decode_masks` takes and
+        the pointer logits (None without a pointer). The prompt is ``(K, C_sam)`` in GLUS; ``(K, 2, C_sam)``
+        [SEG] + point with ``"pointer"``; ``(K, 3, C_sam)`` with ``"pointer_map"``, the third row carrying the
+        pointer's ``T`` cell probabilities (zero-padded), so that one tensor per expression travels through
+        inference and training unchanged."""
         if self.seg_pointer is None:
-            return embeddings
-        images = image_token_positions(input_ids, self.visual_tokens_per_image)[-len(state_positions) :]
-        point, _ = self.point_prompt(states, hidden[images])
-        return torch.stack([embeddings, point], 1)
+            return embeddings, None
+        point, logits = self.point_prompt(seg_hidden, frame_hidden)
+        rows = [embeddings, point]
+        if self.point_map is not None:
+            probabilities = logits.float().softmax(-1).to(embeddings.dtype)
+            rows.append(F.pad(probabilities, (0, embeddings.shape[-1] - probabilities.shape[-1])))
+        return torch.stack(rows, 1), logits
+
+    def sam_prompts(self, input_ids: torch.Tensor, hidden: torch.Tensor, state_positions: torch.Tensor) -> torch.Tensor:
+        """The SAM-2 prompts (see :meth:`compose_prompts`) of one prompt's ``[SEG]`` states at
+        ``state_positions`` (one per query round, the last rounds of ``input_ids``)."""
+        states = hidden[state_positions]
+        frames = None
+        if self.seg_pointer is not None:
+            frames = hidden[image_token_positions(input_ids, self.visual_tokens_per_image)[-len(state_positions) :]]
+        return self.compose_prompts(self.project_seg(states), states, frames)[0]
 
     # --- SAM-2 with GLUS's memory (see sam2_memory) ---
     def encode_frame(self, sam_pixel_values: torch.Tensor) -> sam2_memory.FrameFeatures:
@@ -137,7 +159,11 @@ class GlusModel(nn.Module):
     def decode_masks(
         self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, seg_embeddings: torch.Tensor
     ) -> sam2_memory.MaskDecoderOutput:
-        return sam2_memory.decode_masks(self.sam, conditioned, feats, seg_embeddings)
+        dense = None
+        if self.point_map is not None:  # the third prompt row is the pointer's cell map (compose_prompts)
+            cells = seg_embeddings[:, 2, : self.visual_tokens_per_image]
+            seg_embeddings, dense = seg_embeddings[:, :2], self.point_map(cells, feats.top_size)
+        return sam2_memory.decode_masks(self.sam, conditioned, feats, seg_embeddings, dense)
 
     def encode_memory(
         self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, lowres_logits: torch.Tensor

@@ -32,3 +32,25 @@ class SegPointer(nn.Module):
         query = self.query(seg_hidden)
         keys = self.key(frame_hidden)
         return torch.einsum("kd,ktd->kt", query, keys) * self.scale
+
+
+class PointMap(nn.Module):
+    """The pointer's cell probabilities as a dense SAM-2 prompt (``seg_point_prompt="pointer_map"``, tiny aid).
+
+    A from-scratch mask decoder learns to ignore the soft point token: forcing the point to a corner cell changed
+    0.01 % of the mask pixels of a model trained with it (see the model card). The mask is a dot product of the
+    decoder's mask token with each pixel's feature, so a feature that says "the pointer is here" is the shortest
+    way to put the pointer into the mask: the probabilities, resized to the image embedding's grid, scale one
+    learned embedding that is added to the dense prompt (where SAM-2 adds its mask-prompt embedding)."""
+
+    def __init__(self, sam_hidden: int) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(sam_hidden))
+
+    def forward(self, probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(K, T)`` cell probabilities on a square grid (raster order) -> ``(K, C_sam, h, w)`` dense prompt."""
+        grid = math.isqrt(probabilities.shape[1])
+        cells = probabilities.view(-1, 1, grid, grid)
+        if (grid, grid) != tuple(size):
+            cells = nn.functional.interpolate(cells, size=size, mode="nearest")
+        return cells * self.embedding.view(1, -1, 1, 1).to(cells.dtype)

@@ -118,14 +118,21 @@ def _to_map(flat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def decode_masks(
-    sam: nn.Module, conditioned: torch.Tensor, feats: FrameFeatures, seg_embeddings: torch.Tensor
+    sam: nn.Module,
+    conditioned: torch.Tensor,
+    feats: FrameFeatures,
+    seg_embeddings: torch.Tensor,
+    dense_extra: torch.Tensor | None = None,
 ) -> MaskDecoderOutput:
-    """Mask decoder prompted by ``seg_embeddings``: ``(B, C)``, one sparse token per batch row, or ``(B, n, C)``."""
+    """Mask decoder prompted by ``seg_embeddings``: ``(B, C)``, one sparse token per batch row, or ``(B, n, C)``;
+    ``dense_extra`` ``(B, C, h, w)`` is added to the dense prompt (SAM-2's "no mask" embedding) when given."""
     batch = seg_embeddings.shape[0]
     sparse = seg_embeddings.unsqueeze(1) if seg_embeddings.dim() == 2 else seg_embeddings
     image_embed = _to_map(conditioned, feats.top_size)
     prompt_encoder = sam.sam_prompt_encoder
     dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *feats.top_size)
+    if dense_extra is not None:
+        dense = dense + dense_extra.to(dense.dtype)
     image_pe = prompt_encoder.get_dense_pe().to(image_embed.dtype)
     lowres, iou, _, obj = sam.sam_mask_decoder(
         image_embeddings=image_embed,
