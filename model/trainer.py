@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ from .prompting import inference_prompt, training_prompt
 from .tokenizer import GlusTokenizer
 
 logger = logging.getLogger(__name__)
+
+Probe = TypeVar("Probe", bound=torch.nn.Module)
 
 
 @dataclass
@@ -210,21 +213,19 @@ class Trainer:
             raise ValueError("pointer_weight needs a model with seg_point_prompt (glus train --point-prompt)")
         if config.seg_prompt_dropout > 0 and model.seg_pointer is None:
             raise ValueError("seg_prompt_dropout needs a model with seg_point_prompt (glus train --point-prompt)")
-        self.location: TargetLocationLoss | None = None
-        if config.location_weight > 0:  # a training-only probe: optimised with the model, never saved
-            self.location = TargetLocationLoss(model.config.llm_hidden_size).to(device)
-            probe = list(self.location.parameters())
-            self.distributed.broadcast_parameters(self.location)
-            self.optimizer.add_param_group({"params": probe, "weight_decay": 0.0})
-            self.params = self.params + probe
-        self.motion: CellMotionLoss | None = None
-        if config.motion_weight > 0:  # a training-only probe, like the location one
-            self.motion = CellMotionLoss(model.config.llm_hidden_size).to(device)
-            probe = list(self.motion.parameters())
-            self.distributed.broadcast_parameters(self.motion)
-            self.optimizer.add_param_group({"params": probe, "weight_decay": 0.0})
-            self.params = self.params + probe
+        hidden = model.config.llm_hidden_size
+        self.location = self._training_probe(TargetLocationLoss(hidden)) if config.location_weight > 0 else None
+        self.motion = self._training_probe(CellMotionLoss(hidden)) if config.motion_weight > 0 else None
         self.step_index = 0
+
+    def _training_probe(self, probe: Probe) -> Probe:
+        """A loss with parameters of its own (a training aid): optimised with the model, never saved."""
+        probe = probe.to(self.device)
+        params = list(probe.parameters())
+        self.distributed.broadcast_parameters(probe)
+        self.optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        self.params = self.params + params
+        return probe
 
     def lr_at(self, step: int) -> float:
         cfg = self.config

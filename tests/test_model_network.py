@@ -187,6 +187,22 @@ def test_visual_token_aids_pool_squares_normalise_and_say_where_each_token_is(tm
             reference.vision_position_embedding) == ("raster", None, None)  # fmt: skip
 
 
+def _assert_both_inference_paths_agree(model, tok, video, expressions):
+    """The cached, lockstep path gives the reference-style loop's masks (a logit within float noise of 0 may
+    flip); returns the fast path's results."""
+    import numpy as np
+
+    from model.inference import VideoSegmenter
+    from model.reference_loop import reference_style_segment
+
+    reference = reference_style_segment(model, tok, video, expressions)
+    fast = VideoSegmenter(model, tok).segment(video, expressions)
+    for ref, result in zip(reference, fast):
+        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4
+        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    return fast
+
+
 def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(moving_square_video):
     """The from-scratch pointer switch: each visual token's cell centre is where SAM-2 would place a click; a
     pointer sure of one cell gives exactly SAM-2's own encoding of a positive click there; both inference
@@ -199,7 +215,6 @@ def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(m
     from model.factory import random_model
     from model.inference import VideoSegmenter
     from model.modeling.glus import image_token_positions
-    from model.reference_loop import reference_style_segment
 
     config = get_config("glus-tiny")
     config.vision_token_pool_layout, config.seg_point_prompt = "grid", "pointer"
@@ -238,11 +253,7 @@ def test_point_prompt_is_a_soft_sam2_click_at_the_cell_the_seg_state_points_to(m
     assert torch.allclose(prompts[0, 1], expected[0])
 
     video, expressions = moving_square_video[:6], ["the red square", "the ramp"]
-    reference = reference_style_segment(model, tok, video, expressions)
-    fast = VideoSegmenter(model, tok).segment(video, expressions)
-    for ref, result in zip(reference, fast):
-        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
-        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    fast = _assert_both_inference_paths_agree(model, tok, video, expressions)
     without = get_config("glus-tiny")
     without.vision_token_pool_layout = "grid"
     plain, _ = random_model(without, seed=0, seg_logit_bias=20.0)
@@ -261,13 +272,10 @@ def test_pointer_map_puts_the_pointers_cell_probabilities_into_sams_dense_prompt
     """The pointer-map switch: the prompt carries the pointer's cell probabilities as a third row, SAM-2 gets
     them as a dense prompt on its image-embedding grid (one learned embedding scaled by each cell's probability),
     so where the pointer points changes the mask; both inference paths agree; the map trains with the decoder."""
-    import numpy as np
     import pytest
 
     from model.config import GlusConfig, get_config
     from model.factory import random_model
-    from model.inference import VideoSegmenter
-    from model.reference_loop import reference_style_segment
     from model.trainer import trainable_parameters
 
     config = get_config("glus-tiny")
@@ -302,11 +310,7 @@ def test_pointer_map_puts_the_pointers_cell_probabilities_into_sams_dense_prompt
     assert (at[0] - at[1]).abs().max() > 1e-3  # the map alone moves the mask
 
     expressions = ["the red square", "the ramp"]
-    reference = reference_style_segment(model, tok, video, expressions)
-    fast = VideoSegmenter(model, tok).segment(video, expressions)
-    for ref, result in zip(reference, fast):
-        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
-        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    _assert_both_inference_paths_agree(model, tok, video, expressions)
     assert any(p is model.point_map.embedding for p in trainable_parameters(model, "glus"))
 
     with pytest.raises(ValueError, match="pointer_map"):
@@ -317,14 +321,11 @@ def test_motion_channels_show_clip_each_frames_neighbours_on_both_inference_path
     """The from-scratch motion switch: CLIP's input for frame t is the frame, t minus t-1 and t+1 minus t (zero
     past the video's ends), so a frame's visual tokens change with its neighbours; the cached, lockstep path and
     the reference-style loop give the same masks; the configuration must match the vision tower's channels."""
-    import numpy as np
     import pytest
 
     from model.config import GlusConfig, get_config
     from model.factory import random_model
-    from model.inference import VideoSegmenter
     from model.preprocessing import clip_video_pixel_values
-    from model.reference_loop import reference_style_segment
 
     video = moving_square_video[:6]
     config = get_config("glus-tiny")
@@ -348,11 +349,7 @@ def test_motion_channels_show_clip_each_frames_neighbours_on_both_inference_path
     assert (moving - stopped).abs().max() > 1e-3  # same frame, different motion, different tokens
 
     expressions = ["the red square", "the ramp"]
-    reference = reference_style_segment(model, tok, video, expressions)
-    fast = VideoSegmenter(model, tok).segment(video, expressions)
-    for ref, result in zip(reference, fast):
-        decisive = torch.stack(ref["logits"]).abs().numpy() > 1e-4  # a logit within float noise of 0 may flip
-        assert np.array_equal(ref["masks"][decisive], result.masks[decisive])
+    _assert_both_inference_paths_agree(model, tok, video, expressions)
 
     assert get_config("glus-7b").vision_motion_channels is None
     with pytest.raises(ValueError, match="num_channels 9"):
