@@ -211,6 +211,8 @@ class Trainer:
         )
         if config.pointer_weight > 0 and model.seg_pointer is None:
             raise ValueError("pointer_weight needs a model with seg_point_prompt (glus train --point-prompt)")
+        if not 0.0 <= config.seg_prompt_dropout <= 1.0:
+            raise ValueError(f"seg_prompt_dropout is a probability, got {config.seg_prompt_dropout}")
         if config.seg_prompt_dropout > 0 and model.seg_pointer is None:
             raise ValueError("seg_prompt_dropout needs a model with seg_point_prompt (glus train --point-prompt)")
         hidden = model.config.llm_hidden_size

@@ -284,6 +284,8 @@ def test_seg_prompt_dropout_leaves_the_seg_token_out_of_sams_prompt_in_training_
     plain, tok = random_model("glus-tiny", seed=0)
     with pytest.raises(ValueError, match="seg_point_prompt"):
         Trainer(plain, tok, TrainConfig(seg_prompt_dropout=0.5))
+    with pytest.raises(ValueError, match="probability"):
+        Trainer(model, tok, TrainConfig(seg_prompt_dropout=1.5))
 
 
 def test_contrastive_from_scratch_aids_hard_negatives_and_any_frame_positives():
