@@ -3,8 +3,8 @@
     glus train --data ROOT --split train --out runs/tiny --steps 3000 [--init CKPT | --config glus-tiny]
 
 Writes ``OUT/`` as a checkpoint (``config.json``, ``model.safetensors``, tokenizer), plus ``train_config.json``
-and ``train_log.jsonl`` (one line per step). Seeded: the same command gives the same weights on the same
-machine and thread count.
+(with the code that ran: torch version, git commit, uncommitted changes) and ``train_log.jsonl`` (one line
+per step). Seeded: the same command gives the same weights on the same machine and thread count.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import random
+import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -109,6 +110,25 @@ class SyntheticTrainingSource:
             index += (world_size - 1) * batch_size  # the other processes' videos
             yield batch
 
+
+
+def code_provenance() -> dict:
+    """Which code trained a checkpoint: torch's version and, in a git checkout, the commit and whether the
+    working tree differed from it (weights trained from uncommitted code cannot be reproduced from the repo)."""
+    import torch
+
+    package = Path(__file__).resolve().parent.parent
+    provenance: dict = {"torch": torch.__version__, "commit": None, "uncommitted_changes": None}
+    try:
+        git = ["git", "-C", str(package)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=10, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed package) or no git
+        return provenance
+    provenance["commit"] = commit.stdout.strip()
+    provenance["uncommitted_changes"] = bool(changes.stdout.strip())
+    return provenance
 
 def save_trained(model, tokenizer, out: Path, dtype=None) -> Path:
     """Save a trained model; LoRA adapters are written to ``lora_adapter.safetensors`` and merged first, so the
@@ -336,6 +356,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
                 "device": device,
                 "threads": torch.get_num_threads(),
                 "processes": distributed.world_size,
+                "code": code_provenance(),
             },
             indent=2,
             default=str,
