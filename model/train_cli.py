@@ -3,8 +3,9 @@
     glus train --data ROOT --split train --out runs/tiny --steps 3000 [--init CKPT | --config glus-tiny]
 
 Writes ``OUT/`` as a checkpoint (``config.json``, ``model.safetensors``, tokenizer), plus ``train_config.json``
-(with the code that ran: torch version, git commit, uncommitted changes) and ``train_log.jsonl`` (one line
-per step). Seeded: the same command gives the same weights on the same machine and thread count.
+(with the code that ran: torch, transformers and numpy versions, git commit, uncommitted changes) and
+``train_log.jsonl`` (one line per step). Seeded: the same command gives the same weights on the same
+machine and thread count.
 """
 
 from __future__ import annotations
@@ -113,12 +114,16 @@ class SyntheticTrainingSource:
 
 
 def code_provenance() -> dict:
-    """Which code trained a checkpoint: torch's version and, in a git checkout, the commit and whether the
-    working tree differed from it (weights trained from uncommitted code cannot be reproduced from the repo)."""
+    """Which code trained a checkpoint: the versions of the packages that set the numbers and, in a git checkout,
+    the commit and whether the working tree differed from it (weights trained from uncommitted code cannot be
+    reproduced from the repository)."""
+    import numpy
     import torch
+    import transformers
 
     package = Path(__file__).resolve().parent.parent
-    provenance: dict = {"torch": torch.__version__, "commit": None, "uncommitted_changes": None}
+    provenance: dict = {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "numpy": numpy.__version__, "commit": None, "uncommitted_changes": None}  # fmt: skip
     try:
         git = ["git", "-C", str(package)]
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
