@@ -112,7 +112,6 @@ class SyntheticTrainingSource:
             yield batch
 
 
-
 def code_provenance() -> dict:
     """Which code trained a checkpoint: the versions of the packages that set the numbers and, in a git checkout,
     the commit and whether the working tree differed from it (weights trained from uncommitted code cannot be
@@ -121,19 +120,26 @@ def code_provenance() -> dict:
     import torch
     import transformers
 
-    package = Path(__file__).resolve().parent.parent
     provenance: dict = {"torch": torch.__version__, "transformers": transformers.__version__,
                         "numpy": numpy.__version__, "commit": None, "uncommitted_changes": None}  # fmt: skip
+    checkout = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(done.stderr)
+        return done.stdout.strip()
+
     try:
-        git = ["git", "-C", str(package)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True, timeout=10, check=True)  # fmt: skip
+        top, commit = git("rev-parse", "--show-toplevel", "HEAD").splitlines()
+        if Path(top).resolve() != checkout:  # installed inside some other repository: its commit is not ours
+            return provenance
+        provenance["uncommitted_changes"] = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed package) or no git
         return provenance
-    provenance["commit"] = commit.stdout.strip()
-    provenance["uncommitted_changes"] = bool(changes.stdout.strip())
+    provenance["commit"] = commit
     return provenance
+
 
 def save_trained(model, tokenizer, out: Path, dtype=None) -> Path:
     """Save a trained model; LoRA adapters are written to ``lora_adapter.safetensors`` and merged first, so the

@@ -228,6 +228,30 @@ def test_synthetic_training_is_reproducible_by_seed(tmp_path):
     assert code["commit"] is None or (len(code["commit"]) == 40 and isinstance(code["uncommitted_changes"], bool))
 
 
+def test_code_provenance_names_the_commit_of_its_own_checkout_only(tmp_path, monkeypatch):
+    import subprocess
+
+    import model.train_cli as train_cli
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    git("init", "-q")
+    (tmp_path / "tracked.txt").write_text("a")
+    git("add", "tracked.txt")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(train_cli, "__file__", str(tmp_path / "model" / "train_cli.py"))  # a checkout's own code
+    assert train_cli.code_provenance()["commit"] == head
+    assert train_cli.code_provenance()["uncommitted_changes"] is False
+    (tmp_path / "tracked.txt").write_text("b")
+    assert train_cli.code_provenance()["uncommitted_changes"] is True
+    (tmp_path / "venv" / "model").mkdir(parents=True)  # a package installed inside some other repository
+    monkeypatch.setattr(train_cli, "__file__", str(tmp_path / "venv" / "model" / "train_cli.py"))
+    assert train_cli.code_provenance()["commit"] is None
+
+
 def test_pointer_loss_is_the_cross_entropy_against_the_target_share_of_each_cell():
     masks = torch.zeros(3, 8, 8, dtype=torch.bool)
     masks[0, 0:4, 4:8] = True  # all of cell (0, 1) of a 2x2 grid
