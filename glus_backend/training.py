@@ -129,7 +129,11 @@ def _base_training_aids(base: Path) -> list[str]:
         aids += ["--prompt-templates", "inference"]
     if train.get("same_video_negatives"):
         aids.append("--contrastive-aids")
-    for field, flag in (("pointer_weight", "--pointer-weight"), ("motion_weight", "--motion-weight")):
+    for field, flag in (
+        ("pointer_weight", "--pointer-weight"),
+        ("motion_weight", "--motion-weight"),
+        ("seg_prompt_dropout", "--seg-prompt-dropout"),  # or LoRA may teach the decoder to ignore the point again
+    ):
         if train.get(field):
             aids += [flag, str(train[field])]
     return aids

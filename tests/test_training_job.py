@@ -149,17 +149,22 @@ def test_fine_tune_command_uses_torchrun_for_several_processes(tmp_path):
 
 
 def test_fine_tuning_keeps_the_base_models_pointer_and_motion_aids(tmp_path):
-    """A base trained with the pointer / motion losses is fine-tuned with them; one trained without is not."""
+    """A base trained with the pointer / motion losses and [SEG]-prompt dropout is fine-tuned with them; one
+    trained without is not."""
     from glus_backend.training import Snapshot, fine_tune_command
 
     base = tmp_path / "base"
     base.mkdir()
-    train = {"prompt_templates": "inference", "same_video_negatives": True, "pointer_weight": 1.0, "motion_weight": 0.5}
+    train = {"prompt_templates": "inference", "same_video_negatives": True, "pointer_weight": 1.0, "motion_weight": 0.5,
+             "seg_prompt_dropout": 0.5}  # fmt: skip
     (base / "train_config.json").write_text(json.dumps({"train": train}))
     snapshot = Snapshot("s", tmp_path / "snap", [1], [2])
     command = fine_tune_command(Settings(), base, snapshot, tmp_path / "out", "cpu")
     assert command[command.index("--pointer-weight") + 1] == "1.0"
     assert command[command.index("--motion-weight") + 1] == "0.5"
-    (base / "train_config.json").write_text(json.dumps({"train": {**train, "pointer_weight": 0.0, "motion_weight": 0}}))
+    assert command[command.index("--seg-prompt-dropout") + 1] == "0.5"
+    (base / "train_config.json").write_text(json.dumps({"train": {**train, "pointer_weight": 0.0, "motion_weight": 0,
+                                                                       "seg_prompt_dropout": 0.0}}))
     command = fine_tune_command(Settings(), base, snapshot, tmp_path / "out", "cpu")
     assert "--pointer-weight" not in command and "--motion-weight" not in command and "--contrastive-aids" in command
+    assert "--seg-prompt-dropout" not in command
