@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import subprocess
 import time
@@ -112,16 +113,30 @@ class SyntheticTrainingSource:
             yield batch
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def code_provenance() -> dict:
-    """Which code trained a checkpoint: the versions of the packages that set the numbers and, in a git checkout,
-    the commit and whether the working tree differed from it (weights trained from uncommitted code cannot be
-    reproduced from the repository)."""
+    """Which code trained a checkpoint: the versions of the packages that set the numbers, the CPU kernels they
+    dispatched to (AVX2 and AVX-512 kernels sum in different orders, so the same command gives other weights on
+    another CPU) and, in a git checkout, the commit and whether the working tree differed from it (weights
+    trained from uncommitted code cannot be reproduced from the repository)."""
     import numpy
     import torch
     import transformers
 
     provenance: dict = {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "numpy": numpy.__version__, "commit": None, "uncommitted_changes": None}  # fmt: skip
+                        "numpy": numpy.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "cpu": _cpu_model(), "commit": None, "uncommitted_changes": None}  # fmt: skip
+    provenance.update({name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR") if name in os.environ})
     checkout = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:

@@ -224,7 +224,7 @@ def test_synthetic_training_is_reproducible_by_seed(tmp_path):
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
     code = json.loads((tmp_path / "a" / "train_config.json").read_text())["code"]  # which code made them
-    assert code["torch"] == torch.__version__
+    assert code["torch"] == torch.__version__ and code["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert code["commit"] is None or (len(code["commit"]) == 40 and isinstance(code["uncommitted_changes"], bool))
 
 
