@@ -3,9 +3,9 @@
     glus train --data ROOT --split train --out runs/tiny --steps 3000 [--init CKPT | --config glus-tiny]
 
 Writes ``OUT/`` as a checkpoint (``config.json``, ``model.safetensors``, tokenizer), plus ``train_config.json``
-(with the code that ran: torch, transformers and numpy versions, git commit, uncommitted changes) and
-``train_log.jsonl`` (one line per step). Seeded: the same command gives the same weights on the same
-machine and thread count.
+(with the code that ran: torch, transformers and numpy versions, the CPU and its kernel set, git commit,
+uncommitted changes) and ``train_log.jsonl`` (one line per step). Seeded: the same command gives the same
+weights with the same thread count on the same kind of CPU (AVX2 and AVX-512 kernels sum in different orders).
 """
 
 from __future__ import annotations
