@@ -52,7 +52,7 @@ def load_model(args: argparse.Namespace):
     else:
         # random weights, [SEG] forced so that every frame runs the whole LLM + SAM-2 + memory path
         model, tok = random_model(args.config, seed=0, seg_logit_bias=20.0)
-    return model.to(args.device, dtype).eval(), tok
+    return model.to_serving(args.device, dtype).eval(), tok
 
 
 def timed(fn, device: str, repeat: int = 1) -> tuple[float, object]:

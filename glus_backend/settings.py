@@ -43,6 +43,7 @@ class Settings:
     checkpoint: str | None = None  # GLUS_CHECKPOINT: model directory (default: the bundled demo model)
     clip_dir: str | None = None  # GLUS_CLIP_DIR: local CLIP folder, for released GLUS checkpoints
     sam2_checkpoint: str | None = None  # GLUS_SAM2_CHECKPOINT: optional SAM-2 .pt, for released checkpoints
+    sam2_config: str | None = None  # GLUS_SAM2_CONFIG: the SAM-2 a released folder was trained with (sam2-hiera-l)
     device: str = "auto"  # GLUS_DEVICE: auto | cpu | cuda | cuda:N
     precision: str = "auto"  # GLUS_PRECISION: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     schedule: str = "sliding"  # GLUS_SCHEDULE: sliding | clip
@@ -87,6 +88,7 @@ class Settings:
             checkpoint=_env("GLUS_CHECKPOINT"),
             clip_dir=_env("GLUS_CLIP_DIR"),
             sam2_checkpoint=_env("GLUS_SAM2_CHECKPOINT"),
+            sam2_config=_env("GLUS_SAM2_CONFIG"),
             device=_env("GLUS_DEVICE", default="auto"),
             precision=_env("GLUS_PRECISION", default="auto"),
             schedule=_env("GLUS_SCHEDULE", default="sliding"),

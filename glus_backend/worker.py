@@ -85,7 +85,7 @@ class WorkerRuntime:
     def _load(self, version: ModelVersion) -> Any:
         import torch
 
-        from model.cli import load_model
+        from model.checkpoint import load_checkpoint
         from model.inference import VideoSegmenter
 
         device = self.resolved_device()
@@ -96,8 +96,9 @@ class WorkerRuntime:
         logger.info(
             "loading model %s (%s) from %s on %s/%s", version.version, version.source, version.path, device, precision
         )
-        model, tokenizer = load_model(
-            version.path, self.settings.clip_dir, self.settings.sam2_checkpoint, device, dtype
+        settings = self.settings
+        model, tokenizer = load_checkpoint(
+            version.path, settings.clip_dir, settings.sam2_checkpoint, device, dtype, settings.sam2_config
         )
         return VideoSegmenter(model, tokenizer, device=device)
 

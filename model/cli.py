@@ -44,18 +44,13 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
     )
 
 
-def load_model(checkpoint: Path, clip_dir: str | None, sam2_checkpoint: str | None, device: str, dtype: torch.dtype):
-    from model.checkpoint import from_pretrained, is_released_checkpoint, load_released_glus
+def load_model_from_args(args: argparse.Namespace, device: str, dtype: torch.dtype):
+    """The model of ``--checkpoint`` (and, for a released folder, ``--clip-dir``, ``--sam2-checkpoint``,
+    ``--sam2-config``)."""
+    from model.checkpoint import load_checkpoint
 
-    if is_released_checkpoint(checkpoint):
-        if not clip_dir:
-            raise SystemExit(
-                f"{checkpoint} is a released GLUS checkpoint: pass --clip-dir (local CLIP ViT-L/14 folder)"
-            )
-        model, tokenizer, _ = load_released_glus(checkpoint, clip_dir, sam2_checkpoint, dtype=dtype)
-    else:
-        model, tokenizer, _ = from_pretrained(checkpoint, dtype=dtype)
-    return model.to(device), tokenizer
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    return load_checkpoint(checkpoint, args.clip_dir, args.sam2_checkpoint, device, dtype, args.sam2_config)
 
 
 def _key_frame_selector(spec: str):
@@ -74,9 +69,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from model.video_io import VideoFile, open_frames
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-    model, tokenizer = load_model(
-        resolve_checkpoint(args.checkpoint), args.clip_dir, args.sam2_checkpoint, args.device, dtype
-    )
+    model, tokenizer = load_model_from_args(args, args.device, dtype)
     source = open_frames(args.video, max_frames=args.max_frames)
     video_id = args.video_id or Path(args.video).stem
     names = list(source.frame_names)
@@ -131,10 +124,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from model.modeling.glus import count_parameters
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model, tokenizer = load_model(checkpoint, args.clip_dir, args.sam2_checkpoint, "cpu", torch.float32)
+    model, tokenizer = load_model_from_args(args, "cpu", torch.float32)
     info = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(resolve_checkpoint(args.checkpoint)),
         "config": model.config.name,
         "parameters": count_parameters(model),
         "vocabulary": len(tokenizer),
@@ -155,8 +147,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)"
     )
-    parser.add_argument("--clip-dir", help="local CLIP ViT-L/14 folder (released GLUS checkpoints only)")
-    parser.add_argument("--sam2-checkpoint", help="optional SAM-2 .pt (released GLUS checkpoints only)")
+    from model.config import DEFAULT_SAM2, SAM2_CONFIGS
+
+    parser.add_argument(
+        "--clip-dir",
+        default=os.environ.get("GLUS_CLIP_DIR") or None,
+        help="local CLIP ViT-L/14 folder, hub or save_pretrained layout (released GLUS checkpoints only; "
+        "default $GLUS_CLIP_DIR)",
+    )
+    parser.add_argument(
+        "--sam2-checkpoint",
+        default=os.environ.get("GLUS_SAM2_CHECKPOINT") or None,
+        help="optional official SAM-2 .pt (released GLUS checkpoints only; default $GLUS_SAM2_CHECKPOINT)",
+    )
+    parser.add_argument(
+        "--sam2-config",
+        default=os.environ.get("GLUS_SAM2_CONFIG") or None,
+        choices=sorted(SAM2_CONFIGS),
+        metavar="NAME",
+        help=f"the SAM-2 a released GLUS folder was trained with: {', '.join(SAM2_CONFIGS)} "
+        f"(default $GLUS_SAM2_CONFIG, else {DEFAULT_SAM2}, as GLUS)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -296,6 +296,29 @@ def with_sam_image_size(config: GlusConfig, size: int) -> GlusConfig:
 
 NAMED_CONFIGS = {"glus-7b": glus_7b_config, "glus-tiny": glus_tiny_config}
 
+SAM2_CONFIGS = {
+    "sam2-hiera-l": "configs/sam2/sam2_hiera_l.yaml",
+    "sam2-hiera-b+": "configs/sam2/sam2_hiera_b+.yaml",
+    "sam2-hiera-s": "configs/sam2/sam2_hiera_s.yaml",
+    "sam2-hiera-t": "configs/sam2/sam2_hiera_t.yaml",
+    "sam2.1-hiera-l": "configs/sam2.1/sam2.1_hiera_l.yaml",
+    "sam2.1-hiera-b+": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1-hiera-s": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1-hiera-t": "configs/sam2.1/sam2.1_hiera_t.yaml",
+}
+"""SAM-2 architectures a released GLUS folder may have been trained with, by name -> the ``sam2`` package's yaml."""
+DEFAULT_SAM2 = "sam2-hiera-l"  # GLUS was trained with SAM-2 Hiera-L v1
+
+
+def sam2_config_path(name: str) -> str:
+    """The ``sam2`` package yaml of a SAM-2 architecture: a name of :data:`SAM2_CONFIGS` or a yaml path inside
+    the package (``configs/sam2.1/sam2.1_hiera_s.yaml``)."""
+    if name in SAM2_CONFIGS:
+        return SAM2_CONFIGS[name]
+    if name in SAM2_CONFIGS.values():
+        return name
+    raise ValueError(f"unknown SAM-2 architecture {name!r}; known: {', '.join(SAM2_CONFIGS)}")
+
 
 def get_config(name: str) -> GlusConfig:
     """A fresh copy of a named configuration (``glus-7b`` or ``glus-tiny``)."""

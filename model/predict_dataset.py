@@ -55,7 +55,7 @@ def run_predict_dataset(args: argparse.Namespace) -> int:
         return _spawn(args)
     import torch
 
-    from .cli import _key_frame_selector, load_model, resolve_checkpoint
+    from .cli import _key_frame_selector, load_model_from_args
     from .datasets import open_dataset
     from .datasets.writers import PredictionWriter
     from .inference import Expression, SegmentOptions, VideoSegmenter
@@ -80,8 +80,7 @@ def run_predict_dataset(args: argparse.Namespace) -> int:
                 sum(len(m) for _, m in todo), skipped)
     if not todo:
         return 0
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model, tokenizer = load_model(checkpoint, args.clip_dir, args.sam2_checkpoint, device, dtype)
+    model, tokenizer = load_model_from_args(args, device, dtype)
     segmenter = VideoSegmenter(model, tokenizer, device=device)
     started = time.perf_counter()
     frames_done = 0

@@ -8,6 +8,8 @@ network and its per-step pieces.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,7 +120,8 @@ class GlusModel(nn.Module):
             raise RuntimeError("this configuration has no seg_point_prompt")
         logits = self.seg_pointer(seg_hidden, frame_hidden)
         encoder, size = self.sam.sam_prompt_encoder, self.sam_image_size
-        cells = encoder.pe_layer.forward_with_coords(self.token_cell_centres.unsqueeze(0) * size, (size, size))[0]
+        with self.sam_precision():
+            cells = encoder.pe_layer.forward_with_coords(self.token_cell_centres.unsqueeze(0) * size, (size, size))[0]
         point = logits.float().softmax(-1) @ cells.float() + encoder.point_embeddings[1].weight.float()
         return point.to(seg_hidden.dtype), logits
 
@@ -150,25 +153,46 @@ class GlusModel(nn.Module):
         return self.compose_prompts(self.project_seg(states), states, frames)[0]
 
     # --- SAM-2 with GLUS's memory (see sam2_memory) ---
+    def sam_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast to the serving dtype when it is bf16/fp16, around every SAM-2 call. SAM-2 keeps float32
+        weights (:meth:`to_serving`) and computes some pieces in float32 on purpose (FPN top-down path, position
+        encodings); autocast is how its own predictor meets half precision. A no-op in float32."""
+        dtype = self.language_model.lm_head.weight.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.language_model.lm_head.weight.device.type, dtype=dtype)
+
+    def to_serving(self, device: str | torch.device, dtype: torch.dtype) -> GlusModel:
+        """Move to ``device``; CLIP, the projectors and the LLM in ``dtype``, SAM-2 in float32 (about 3 % of
+        glus-7b), run under autocast to ``dtype`` (:meth:`sam_precision`)."""
+        self.to(device)
+        for name, child in self.named_children():
+            child.to(dtype=torch.float32 if name == "sam" else dtype)
+        return self
+
     def encode_frame(self, sam_pixel_values: torch.Tensor) -> sam2_memory.FrameFeatures:
-        return sam2_memory.encode_frame(self.sam, sam_pixel_values)
+        with self.sam_precision():
+            return sam2_memory.encode_frame(self.sam, sam_pixel_values)
 
     def condition_on_memory(self, feats: sam2_memory.FrameFeatures, memories: list) -> torch.Tensor:
-        return sam2_memory.condition_on_memory(self.sam, feats, memories)
+        with self.sam_precision():
+            return sam2_memory.condition_on_memory(self.sam, feats, memories)
 
     def decode_masks(
         self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, seg_embeddings: torch.Tensor
     ) -> sam2_memory.MaskDecoderOutput:
         dense = None
-        if self.point_map is not None:  # the third prompt row is the pointer's cell map (compose_prompts)
-            cells = seg_embeddings[:, 2, : self.visual_tokens_per_image]
-            seg_embeddings, dense = seg_embeddings[:, :2], self.point_map(cells, feats.top_size)
-        return sam2_memory.decode_masks(self.sam, conditioned, feats, seg_embeddings, dense)
+        with self.sam_precision():
+            if self.point_map is not None:  # the third prompt row is the pointer's cell map (compose_prompts)
+                cells = seg_embeddings[:, 2, : self.visual_tokens_per_image]
+                seg_embeddings, dense = seg_embeddings[:, :2], self.point_map(cells, feats.top_size)
+            return sam2_memory.decode_masks(self.sam, conditioned, feats, seg_embeddings, dense)
 
     def encode_memory(
         self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, lowres_logits: torch.Tensor
     ) -> sam2_memory.MemoryEntry:
-        return sam2_memory.encode_memory(self.sam, conditioned, feats.top_size, lowres_logits)
+        with self.sam_precision():
+            return sam2_memory.encode_memory(self.sam, conditioned, feats.top_size, lowres_logits)
 
 
 def seg_state_positions(input_ids: torch.Tensor, seg_token_id: int, tokens_per_image: int) -> torch.Tensor:
