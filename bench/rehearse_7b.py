@@ -9,7 +9,11 @@ Hiera-L ``.pt``), then, each phase in a fresh process so that its peak memory is
   in bf16 and reports load time and peak RSS against the bytes of the weights in bf16;
 * ``segment`` - ``glus segment`` on the first frames of ``../shared/data/videos/dog.mp4`` in bf16 (seconds per frame);
 * ``worker``  - ``/predict`` through the web app, then a ``glus-backend worker --burst`` serving that folder, on a
-  Redis prefix of its own; reports the prediction's ``model_version`` and the worker's time.
+  Redis prefix of its own; reports the prediction's ``model_version`` and the worker's time;
+* ``finetune`` - one step of the fine-tuning recipe (LoRA r=8 on q/v; embeddings, LM head, projectors and mask
+  decoder in full; bf16 base, float32 master weights and AdamW states, gradient checkpointing) on a clip of the
+  video with a box as its mask, the memory breakdown, then the result saved as a delta and registered in a
+  version store: its size against the base.
 
 The weights are random, so the masks mean nothing; the point is that the real files load, fit and run. So that
 every frame runs the whole LLM -> [SEG] -> SAM-2 path, the random LLM is made to predict ``[SEG]``: channel 0 of
@@ -40,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DOG = ROOT.parent / "shared" / "data" / "videos" / "dog.mp4"
-PHASES = ("write", "load", "segment", "worker")
+PHASES = ("write", "load", "segment", "worker", "finetune")
 SEG_CHANNEL, SEG_EMBEDDING = 0, 1000.0
 
 
@@ -227,10 +231,74 @@ def phase_worker(args: argparse.Namespace) -> dict:
             "frames": len(urls), "worker_seconds": seconds, "peak_rss": peak}  # fmt: skip
 
 
+def _video_clip(video: Path, frames: int):
+    """The first ``frames`` frames of ``video`` with one expression whose mask is a centred box (the weights are
+    random: any target exercises the same computation)."""
+    import cv2
+    import numpy as np
+
+    from model.trainer import TrainingExpression, TrainingVideo
+
+    capture = cv2.VideoCapture(str(video))
+    images = []
+    while len(images) < frames:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    pixels = np.stack(images)
+    masks = np.zeros(pixels.shape[:3], dtype=bool)
+    height, width = masks.shape[1:]
+    masks[:, height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = True
+    return TrainingVideo(video.stem, pixels, [TrainingExpression("the dog", "0", (1,), masks)])
+
+
+def phase_finetune(args: argparse.Namespace) -> dict:
+    import torch
+
+    from glus_backend.registry import ModelRegistry
+    from model.checkpoint import load_checkpoint
+    from model.train_cli import save_trained
+    from model.trainer import TrainConfig, Trainer
+
+    paths = folders(args.workdir)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_checkpoint(paths["glus"], paths["clip"], paths["sam2"], "cpu", torch.bfloat16,
+                                       args.sam2_config)  # fmt: skip
+    config = TrainConfig(steps=1, batch_size=1, lr=3e-4, warmup_steps=1, train_parts="lora", precision="bf16",
+                         gradient_checkpointing=True, expressions_per_video=1, query_frames=4,
+                         contrastive_weight=0.1)  # fmt: skip
+    trainer = Trainer(model, tokenizer, config)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stats = trainer.train_step([_video_clip(args.video, 8)])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    states = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    registry = ModelRegistry(args.workdir / "model_dir", paths["glus"], args.workdir / "store")
+    started = time.perf_counter()
+    parent = registry.base().version
+    naming = time.perf_counter() - started
+    staging = args.workdir / "staging" / uuid.uuid4().hex[:8]
+    save_trained(model.eval(), tokenizer, staging, torch.bfloat16, parent_version=parent)
+    record = registry.register(staging, {"parent": parent, "rehearsal": True})
+    return {
+        "step_seconds": stats.seconds, "loss": stats.loss, "peak_rss": peak, "rss_before_step": before,
+        "frozen_bytes": nbytes(frozen), "trained_bytes": nbytes(trained),
+        "trained_parameters": sum(p.numel() for p in trained),
+        "gradient_bytes": nbytes([p.grad for p in trained if p.grad is not None]), "optimizer_bytes": nbytes(states),
+        "version": record.version, "version_bytes": registry.store.size(record.version),
+        "base_bytes": sum(f.stat().st_size for f in paths["glus"].iterdir() if f.is_file()),
+        "naming_seconds": naming,
+    }  # fmt: skip
+
+
 def run_phase(args: argparse.Namespace) -> int:
-    outcome = {"write": phase_write, "load": phase_load, "segment": phase_segment, "worker": phase_worker}[args.phase](
-        args
-    )
+    phases = {"write": phase_write, "load": phase_load, "segment": phase_segment, "worker": phase_worker,
+              "finetune": phase_finetune}  # fmt: skip
+    outcome = phases[args.phase](args)
     outcome["process_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("PHASE_RESULT " + json.dumps(outcome), flush=True)
     return 0
@@ -300,6 +368,20 @@ def report(args: argparse.Namespace, results: dict) -> None:
         print(f"glus segment: {seg['frames']} frames of {args.video.name}, {seg['seconds_per_frame']:.1f} s/frame "
               f"after loading ({seg['wall_seconds']:.0f} s in all); peak RSS {seg['peak_rss'] / gb:.2f} GB = "
               f"{seg['peak_rss'] / bf16:.3f}x; [SEG] on {seg['present']}/{seg['frames']} frames")
+    if "finetune" in results:
+        tune = results["finetune"]
+        parts = ("frozen_bytes", "trained_bytes", "gradient_bytes", "optimizer_bytes")
+        rest = tune["peak_rss"] - sum(tune[k] for k in parts)
+        print(f"fine-tuning step (LoRA recipe, bf16 base, float32 master weights + AdamW, gradient checkpointing): "
+              f"{tune['step_seconds']:.0f} s, loss {tune['loss']:.3f}; peak RSS {tune['peak_rss'] / gb:.2f} GB = "
+              f"frozen weights {tune['frozen_bytes'] / gb:.2f} + trained {tune['trained_bytes'] / gb:.2f} "
+              f"({tune['trained_parameters'] / 1e6:.0f} M parameters, float32) + gradients "
+              f"{tune['gradient_bytes'] / gb:.2f} + AdamW states {tune['optimizer_bytes'] / gb:.2f} + the rest "
+              f"{rest / gb:.2f} (activations, the process)")
+        print(f"stored version {tune['version']}: {tune['version_bytes'] / gb:.3f} GB = "
+              f"{100 * tune['version_bytes'] / tune['base_bytes']:.1f} % of the base's "
+              f"{tune['base_bytes'] / gb:.2f} GB "
+              f"(naming the base by its content: {tune['naming_seconds']:.0f} s, once per host)")
     if "worker" in results:
         worker = results["worker"]
         print(f"worker: prediction {worker['model_version']} ({worker['results']} results, {worker['frames']} "

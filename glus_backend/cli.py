@@ -6,7 +6,7 @@ glus-backend status                              # queue depths, workers, model 
 glus-backend job JOB_ID                          # one job's status, progress and error
 glus-backend retry JOB_ID                        # run a failed job again
 glus-backend import-videos VIDEO... --project ID --expression "..."   # videos -> frame-sequence tasks
-glus-backend versions                            # registered model versions, their gate metrics, the one served
+glus-backend versions [--prune [--dry-run]]      # registered versions, gate metrics, the one served; reclaim disk
 glus-backend promote VERSION                     # serve VERSION (workers switch between jobs)
 glus-backend rollback [VERSION]                  # undo the last promotion, or serve VERSION
 glus-backend train --project ID [--enqueue]      # fine-tune on the project's corrections now (or on a worker)
@@ -27,16 +27,26 @@ logger = logging.getLogger("glus_backend")
 
 
 def _registry():
+    """The registry with the served version shared through Redis (``REDIS_URL``), as the workers see it."""
+    from redis import Redis
+
     from .registry import ModelRegistry
 
     settings = Settings.from_env()
-    return ModelRegistry(settings.model_dir, settings.checkpoint)
+    return ModelRegistry.from_settings(settings, Redis.from_url(settings.redis_url))
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from .registry import NoModelError
 
     registry = _registry()
+    if args.prune:
+        removed = registry.prune(dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for name, size in removed:
+            print(f"{verb} {name} ({size / 1e6:.1f} MB)")
+        print(f"{verb} {len(removed)} never-served version(s), {sum(s for _, s in removed) / 1e9:.2f} GB")
+        return 0
     try:
         current = registry.current()
         served = f"{current.version} ({current.source}: {current.path})"
@@ -128,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     queues = _queues()
     settings = queues.settings
     try:
-        version = ModelRegistry(settings.model_dir, settings.checkpoint).current().version
+        version = ModelRegistry.from_settings(settings, queues.redis).current_name()
     except NoModelError as exc:
         version = f"none ({exc})"
     names = {queues.name(k) for k in ("predict", "ingest", "train")}
@@ -239,7 +249,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     client = _client_from(args, settings)
     if client is None:
         return 2
-    version = _registry().current().version
+    version = _registry().current_name()
     queues = JobQueues(Redis.from_url(settings.redis_url), settings)
     summary = relabel_project(queues, client, args.project, version)
     print(json.dumps({k: v for k, v in summary.items() if k != "jobs"}, indent=2))
@@ -282,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.set_defaults(func=cmd_retry)
 
     versions = sub.add_parser("versions", help="registered model versions and the one served")
+    versions.add_argument(
+        "--prune", action="store_true",
+        help="delete versions never served (refused by the gate) that no kept version descends from",
+    )  # fmt: skip
+    versions.add_argument("--dry-run", action="store_true", help="with --prune: list, delete nothing")
     versions.set_defaults(func=cmd_versions)
     promote = sub.add_parser("promote", help="serve a registered version")
     promote.add_argument("version")

@@ -288,6 +288,7 @@ def train_from_corrections(payload: dict) -> dict:
             project_id,
             runtime.resolved_device(),
             lambda stage: progress.update(stage, force=True),
+            runtime.registry,
         )
     except TrainingDataError as exc:
         raise PermanentJobError(str(exc)) from exc

@@ -63,7 +63,7 @@ class BackendService:
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self.queues = JobQueues(self.redis, settings)
-        self.registry = ModelRegistry(settings.model_dir, settings.checkpoint)
+        self.registry = ModelRegistry.from_settings(settings, self.redis)
         self._version_cache: tuple[float, str] | None = None
 
     def model_version(self) -> str:
@@ -72,7 +72,7 @@ class BackendService:
         if self._version_cache and now - self._version_cache[0] < 2.0:
             return self._version_cache[1]
         try:
-            version = self.registry.current().version
+            version = self.registry.current_name()
         except NoModelError as exc:
             logger.error("%s", exc)
             version = "no-model"

@@ -41,6 +41,7 @@ class Settings:
     queue_prefix: str = "glus"  # GLUS_QUEUE_PREFIX: queue names and Redis keys start with it
     # --- model ---
     checkpoint: str | None = None  # GLUS_CHECKPOINT: model directory (default: the bundled demo model)
+    model_store: str | None = None  # GLUS_MODEL_STORE: folder or fsspec URL of registered versions (MODEL_DIR/versions)
     clip_dir: str | None = None  # GLUS_CLIP_DIR: local CLIP folder, for released GLUS checkpoints
     sam2_checkpoint: str | None = None  # GLUS_SAM2_CHECKPOINT: optional SAM-2 .pt, for released checkpoints
     sam2_config: str | None = None  # GLUS_SAM2_CONFIG: the SAM-2 a released folder was trained with (sam2-hiera-l)
@@ -86,6 +87,7 @@ class Settings:
             redis_url=_env("REDIS_URL", default="redis://127.0.0.1:6379/0"),
             queue_prefix=_env("GLUS_QUEUE_PREFIX", default="glus"),
             checkpoint=_env("GLUS_CHECKPOINT"),
+            model_store=_env("GLUS_MODEL_STORE"),
             clip_dir=_env("GLUS_CLIP_DIR"),
             sam2_checkpoint=_env("GLUS_SAM2_CHECKPOINT"),
             sam2_config=_env("GLUS_SAM2_CONFIG"),

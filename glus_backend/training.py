@@ -8,13 +8,15 @@ A training run for a project:
    ``MODEL_DIR/data/snapshots/<project>-<id>/`` as two splits: ``heldout`` (a stable ``GLUS_HELDOUT_FRACTION``
    of the tasks, chosen by a hash of the task id, so a task never moves between the splits as data grows) and
    ``train`` (the rest). The id hashes the annotations.
-2. **fine-tune** - ``glus train --train-parts lora`` in a subprocess, from the model currently served: LoRA on
-   the LLM, projectors, ``[SEG]`` projector and SAM-2 mask decoder, GLUS's losses with the memory bank in the
-   loop; saved merged (plus the adapter) in ``MODEL_DIR/versions/.staging/``.
-3. **gate** - the candidate and the current model segment the held-out split; J&F must not drop
-   (:mod:`model.promotion`, tolerance ``GLUS_GATE_TOLERANCE``).
-4. **registry** - the candidate becomes ``MODEL_DIR/versions/<version>/`` with ``version.json`` (parent, data
-   snapshot, gate figures, training settings); it is promoted if it passed. Workers switch between jobs.
+2. **fine-tune** - ``glus train --train-parts lora`` in a subprocess, from the model currently served (its base
+   and delta chain): LoRA on the LLM, projectors, ``[SEG]`` projector and SAM-2 mask decoder, GLUS's losses with
+   the memory bank in the loop; saved as a delta of the served version (``model/delta.py``: the LoRA factors and
+   the parts trained in full, 4 % of glus-7b) in ``MODEL_DIR/staging/``.
+3. **gate** - the candidate (served chain + the new delta) and the served model segment the held-out split; J&F
+   must not drop (:mod:`model.promotion`, tolerance ``GLUS_GATE_TOLERANCE``).
+4. **registry** - the candidate is named by its content and stored in the version store (``GLUS_MODEL_STORE``)
+   with ``version.json`` (parent, data snapshot, gate figures, training settings); it is promoted if it passed,
+   for every host (Redis). Workers switch between jobs. ``glus-backend versions --prune`` deletes refused ones.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis import Redis
+
 from .correction_set import CorrectionSet
 from .corrections import task_frame_loader
-from .registry import ModelRegistry
+from .registry import ModelRegistry, ModelVersion
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -139,21 +143,37 @@ def _base_training_aids(base: Path) -> list[str]:
     return aids
 
 
-def fine_tune_command(settings: Settings, base: Path, snapshot: Snapshot, out: Path, device: str) -> list[str]:
-    """The ``glus train`` command line of a fine-tuning run (LoRA, from the served model); with
-    ``GLUS_TRAIN_PROCESSES`` > 1 launched by torchrun, one process per GPU (``--batch-size`` is per process)."""
+def _model_arguments(settings: Settings, served: ModelVersion) -> list[str]:
+    """``glus train`` / gate arguments that load ``served``: its base, its delta chain, and for a released base
+    the CLIP folder, SAM-2 file and architecture the workers use."""
+    arguments = ["--init", str(served.base)]
+    for delta in served.deltas:
+        arguments += ["--init-delta", str(delta)]
+    for flag, value in (("--clip-dir", settings.clip_dir), ("--sam2-checkpoint", settings.sam2_checkpoint),
+                        ("--sam2-config", settings.sam2_config)):  # fmt: skip
+        if value:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def fine_tune_command(
+    settings: Settings, served: ModelVersion, snapshot: Snapshot, out: Path, device: str
+) -> list[str]:
+    """The ``glus train`` command line of a fine-tuning run (LoRA, from the served version, saved as its delta);
+    with ``GLUS_TRAIN_PROCESSES`` > 1 launched by torchrun, one process per GPU (``--batch-size`` is per
+    process)."""
     launcher = [sys.executable]
     if settings.train_processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}"]
     return [
         *launcher, "-m", "model.cli", "train",
         "--data", str(snapshot.root), "--split", "train",
-        "--init", str(base), "--train-parts", "lora",
+        *_model_arguments(settings, served), "--parent-version", served.version, "--train-parts", "lora",
         "--steps", str(settings.train_steps), "--lr", str(settings.train_lr),
         "--batch-size", str(settings.train_batch_size), "--warmup", str(min(100, settings.train_steps // 10)),
         "--weight-decay", "0", "--contrastive-weight", str(settings.train_contrastive_weight),
         "--seed", "0", "--out", str(out), "--device", device,
-        *_base_training_aids(base),
+        *_base_training_aids(served.path),
     ]  # fmt: skip
 
 
@@ -165,20 +185,22 @@ def train_project(
     frame_loader: Callable[[dict], list],
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> dict:
     """One training run (see the module docstring); returns what the job status shows."""
+    from model.checkpoint import CheckpointChain
     from model.promotion import promotion_gate
 
-    registry = ModelRegistry(settings.model_dir, settings.checkpoint)
+    registry = registry or ModelRegistry.from_settings(settings, Redis.from_url(settings.redis_url))
     say = progress or (lambda stage: None)
     say("snapshot")
     snapshot = write_snapshot(settings, project_id, tasks, label_config, frame_loader, settings.heldout_fraction)
     base = registry.current()
-    staging = settings.model_dir / "versions" / ".staging" / uuid.uuid4().hex[:12]
+    staging = settings.model_dir / "staging" / uuid.uuid4().hex[:12]
     staging.mkdir(parents=True)
     say("fine-tuning")
     started = time.perf_counter()
-    command = fine_tune_command(settings, base.path, snapshot, staging, device)
+    command = fine_tune_command(settings, base, snapshot, staging, device)
     with (staging / "train.log").open("w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
@@ -186,7 +208,9 @@ def train_project(
         raise RuntimeError(f"fine-tuning failed (exit {code}); end of {staging / 'train.log'}:\n{tail}")
     train_minutes = (time.perf_counter() - started) / 60
     say("gate")
-    gate = promotion_gate(staging, base.path, snapshot.root, "heldout", settings.gate_tolerance, device)
+    served = CheckpointChain(base.base, base.deltas, settings.clip_dir, settings.sam2_checkpoint, settings.sam2_config)
+    candidate = served.with_delta(staging)
+    gate = promotion_gate(candidate, served, snapshot.root, "heldout", settings.gate_tolerance, device)
     record = registry.register(
         staging,
         {
@@ -222,6 +246,7 @@ def train_from_label_studio(
     project_id: int,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> dict:
     """:func:`train_project` on the project's annotated tasks as Label Studio exports them (what
     ``START_TRAINING`` and ``glus-backend train`` run), media fetched as the workers fetch it."""
@@ -235,4 +260,5 @@ def train_from_label_studio(
         task_frame_loader(client, settings, label_config),
         device=device,
         progress=progress,
+        registry=registry,
     )

@@ -62,15 +62,16 @@ class WorkerRuntime:
         self.settings = settings
         self.redis = redis
         self.queues = JobQueues(redis, settings)
-        self.registry = ModelRegistry(settings.model_dir, settings.checkpoint)
+        self.registry = ModelRegistry.from_settings(settings, redis)
         self.device = device or settings.device
         self._loaded: LoadedModel | None = None
         self._client = None
 
     def model(self) -> LoadedModel:
-        """The model of the registry's current version, (re)loaded if the version changed."""
-        current = self.registry.current()
-        if self._loaded is None or self._loaded.version.version != current.version:
+        """The model of the version served (Redis, shared by every host), (re)loaded if it changed."""
+        name = self.registry.current_name()
+        if self._loaded is None or self._loaded.version.version != name:
+            current = self.registry.resolve(name)
             self._loaded = LoadedModel(current, self._load(current))
         return self._loaded
 
@@ -93,13 +94,11 @@ class WorkerRuntime:
         if precision == "auto":
             precision = "bf16" if device.startswith("cuda") else "fp32"
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        logger.info(
-            "loading model %s (%s) from %s on %s/%s", version.version, version.source, version.path, device, precision
-        )
+        logger.info("loading model %s (%s) from %s%s on %s/%s", version.version, version.source, version.base,
+                    f" + {len(version.deltas)} delta(s)" if version.deltas else "", device, precision)  # fmt: skip
         settings = self.settings
-        model, tokenizer = load_checkpoint(
-            version.path, settings.clip_dir, settings.sam2_checkpoint, device, dtype, settings.sam2_config
-        )
+        model, tokenizer = load_checkpoint(version.base, settings.clip_dir, settings.sam2_checkpoint, device, dtype,
+                                           settings.sam2_config, version.deltas)  # fmt: skip
         return VideoSegmenter(model, tokenizer, device=device)
 
     def label_studio(self):

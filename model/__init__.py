@@ -10,9 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "CheckpointChain": "checkpoint",
     "CheckpointError": "checkpoint",
     "LoadReport": "checkpoint",
     "from_pretrained": "checkpoint",
+    "load_checkpoint": "checkpoint",
     "load_released_glus": "checkpoint",
     "load_released_state_dict": "checkpoint",
     "load_sam2_checkpoint": "checkpoint",

@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,7 +41,7 @@ from .weights import TensorDictSource, WeightFileError, WeightSource
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
-__all__ = ["CheckpointError", "LoadReport", "from_pretrained", "load_checkpoint", "load_clip_vision",
+__all__ = ["CheckpointChain", "CheckpointError", "LoadReport", "from_pretrained", "load_checkpoint", "load_clip_vision",
            "load_released_glus", "load_released_state_dict", "load_sam2_checkpoint", "map_released_key",
            "read_state_dict", "released_config", "save_pretrained"]  # fmt: skip
 
@@ -306,6 +308,26 @@ def from_pretrained(
     return model.to_serving(device, dtype).eval(), GlusTokenizer.from_pretrained(directory), report
 
 
+@dataclass(frozen=True)
+class CheckpointChain:
+    """How to load one model version: a base checkpoint folder, the deltas applied to it (oldest first), and for
+    a released base the CLIP folder, SAM-2 file and architecture."""
+
+    base: Path
+    deltas: tuple[Path, ...] = ()
+    clip_dir: str | Path | None = None
+    sam2_checkpoint: str | Path | None = None
+    sam2_config: str | None = None
+
+    def with_delta(self, delta: str | Path) -> CheckpointChain:
+        return replace(self, deltas=(*self.deltas, Path(delta)))
+
+    def load(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        """``(model, tokenizer)``; see :func:`load_checkpoint`."""
+        return load_checkpoint(self.base, self.clip_dir, self.sam2_checkpoint, device, dtype, self.sam2_config,
+                               self.deltas)  # fmt: skip
+
+
 def load_checkpoint(
     checkpoint: str | Path,
     clip_dir: str | Path | None = None,
@@ -313,11 +335,29 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     sam2_config: str | None = None,
+    deltas: Sequence[str | Path] = (),
 ) -> tuple[GlusModel, GlusTokenizer]:
-    """Whatever ``checkpoint`` is (this project's format or a released GLUS folder), loaded for serving: what
-    the CLI, the workers and the benchmarks call. ``clip_dir``, ``sam2_checkpoint`` and ``sam2_config`` apply
-    to released folders, which need ``clip_dir``."""
+    """Whatever ``checkpoint`` is (this project's format or a released GLUS folder), loaded for serving, with
+    ``deltas`` (fine-tuned versions, :mod:`model.delta`) applied in order, oldest first: what the CLI, the
+    workers, training and the benchmarks call. ``clip_dir``, ``sam2_checkpoint`` and ``sam2_config`` apply to
+    released folders, which need ``clip_dir``."""
+    from .delta import apply_delta, is_delta
+
     checkpoint = Path(checkpoint)
+    if is_delta(checkpoint):
+        raise CheckpointError(
+            f"{checkpoint} is a fine-tuned version stored as a delta: load its base with the delta chain "
+            "(the model registry resolves it: glus-backend versions)"
+        )
+    model, tokenizer = _load_base(checkpoint, clip_dir, sam2_checkpoint, device, dtype, sam2_config)
+    for delta in deltas:
+        spec = apply_delta(model, delta)
+        logger.info("applied %s (parent %s, %d tensors in full, LoRA %s)", delta, spec["parent"], len(spec["full"]),
+                    "yes" if spec.get("lora") else "no")  # fmt: skip
+    return model, tokenizer
+
+
+def _load_base(checkpoint: Path, clip_dir, sam2_checkpoint, device, dtype, sam2_config) -> tuple:
     if is_released_checkpoint(checkpoint):
         if not clip_dir:
             raise CheckpointError(

@@ -60,6 +60,17 @@ def lora_parameters(model: GlusModel) -> list[nn.Parameter]:
     return [p for n, p in model.language_model.named_parameters() if "lora_" in n]
 
 
+def lora_settings_of(model: GlusModel) -> dict | None:
+    """The settings of the adapters injected in ``model`` (read from the layers), or None without adapters."""
+    layers = _lora_layers(model.language_model)
+    if not layers:
+        return None
+    first = layers[0][1]
+    adapter = first.active_adapters[0]
+    targets = sorted({name.rsplit(".", 1)[-1] for name, _ in layers})
+    return {"rank": int(first.r[adapter]), "alpha": float(first.lora_alpha[adapter]), "target_modules": targets}
+
+
 def has_lora(model: GlusModel) -> bool:
     return bool(_lora_layers(model.language_model))
 
@@ -81,4 +92,6 @@ def merge_lora(model: GlusModel) -> GlusModel:
         parent_name, _, child = name.rpartition(".")
         parent = model.language_model.get_submodule(parent_name) if parent_name else model.language_model
         setattr(parent, child, layer.get_base_layer())
+    if hasattr(model.language_model, "peft_config"):  # so that a later add_lora starts clean
+        del model.language_model.peft_config
     return model

@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .checkpoint import CheckpointChain
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,16 +31,19 @@ class GateResult:
         return {**asdict(self), "promoted": self.promoted}
 
 
-def score_checkpoint(checkpoint: str | Path, root: str | Path, split: str, device: str = "cpu") -> tuple[float, int]:
-    """J&F of a checkpoint on a MeViS-layout split (serving defaults: sliding schedule, first frame)."""
-    from .checkpoint import from_pretrained
+def score_checkpoint(
+    checkpoint: str | Path | CheckpointChain, root: str | Path, split: str, device: str = "cpu"
+) -> tuple[float, int]:
+    """J&F of a checkpoint (a folder, or a base with deltas) on a MeViS-layout split (serving defaults: sliding
+    schedule, first frame)."""
     from .datasets import open_dataset
     from .evaluation.metrics import aggregate, score_expression
     from .inference import Expression, VideoSegmenter
     from .video_io import FrameFiles
 
-    model, tokenizer, _ = from_pretrained(checkpoint)
-    segmenter = VideoSegmenter(model.to(device), tokenizer, device=device)
+    chain = checkpoint if isinstance(checkpoint, CheckpointChain) else CheckpointChain(Path(checkpoint))
+    model, tokenizer = chain.load(device)
+    segmenter = VideoSegmenter(model, tokenizer, device=device)
     dataset = open_dataset("mevis", root, split)
     scores = []
     for video in dataset.videos.values():
@@ -55,8 +60,8 @@ def score_checkpoint(checkpoint: str | Path, root: str | Path, split: str, devic
 
 
 def promotion_gate(
-    candidate: str | Path,
-    current: str | Path,
+    candidate: str | Path | CheckpointChain,
+    current: str | Path | CheckpointChain,
     root: str | Path,
     split: str,
     tolerance: float = 0.0,

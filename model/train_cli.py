@@ -156,14 +156,18 @@ def code_provenance() -> dict:
     return provenance
 
 
-def save_trained(model, tokenizer, out: Path, dtype=None) -> Path:
-    """Save a trained model; LoRA adapters are written to ``lora_adapter.safetensors`` and merged first, so the
-    checkpoint itself is a plain one."""
+def save_trained(model, tokenizer, out: Path, dtype=None, parent_version: str | None = None) -> Path:
+    """Save a trained model. With ``parent_version`` (a registry's fine-tuning run) as a delta of that version:
+    the LoRA factors and the parts trained in full (:mod:`model.delta`). Otherwise as a plain checkpoint: LoRA
+    adapters are written to ``lora_adapter.safetensors`` and merged first."""
     from safetensors.torch import save_file
 
     from .checkpoint import save_pretrained
-    from .lora import has_lora, lora_state_dict, merge_lora
+    from .delta import save_delta
+    from .lora import has_lora, lora_settings_of, lora_state_dict, merge_lora
 
+    if parent_version is not None:
+        return save_delta(model, tokenizer, out, parent_version, lora_settings_of(model), dtype)
     if has_lora(model):
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, str(out / "lora_adapter.safetensors"))
@@ -178,6 +182,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mevis", choices=("mevis", "refytvos", "davis17"))
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
+    parser.add_argument(
+        "--init-delta", action="append", default=[], help="apply this delta version to --init first (repeatable, "
+        "oldest first: the chain of the version fine-tuned from)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--parent-version", default=None, help="save the result as a delta of this version (LoRA + the parts "
+        "trained in full) instead of a merged checkpoint"
+    )  # fmt: skip
+    parser.add_argument("--clip-dir", default=None, help="CLIP folder, when --init is a released GLUS folder")
+    parser.add_argument("--sam2-checkpoint", default=None, help="SAM-2 .pt, when --init is a released GLUS folder")
+    parser.add_argument("--sam2-config", default=None, help="SAM-2 architecture, when --init is a released folder")
     parser.add_argument("--config", default="glus-tiny", help="named size for training from scratch")
     parser.add_argument(
         "--from-scratch-aids",
@@ -268,6 +283,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="all (from scratch); glus (LLM in full + projectors + mask decoder); lora (GLUS's fine-tuning: LoRA "
         "on the LLM's q/v, embeddings, LM head, projectors, mask decoder; saved merged)",
     )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="bf16: the frozen base in bf16 (SAM-2 float32), what trains in float32, bf16 autocast (glus-7b; "
+        "--train-parts glus or lora)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the LLM's layers in the backward pass"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default=None)
@@ -300,7 +323,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, device: str, distributed) -> int:
     import torch
 
-    from .checkpoint import from_pretrained, save_pretrained
+    from .checkpoint import load_checkpoint, save_pretrained
     from .config import MOTION_CHANNELS, get_config, with_sam_image_size
     from .factory import random_model
     from .trainer import TrainConfig, Trainer
@@ -320,7 +343,9 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
                 f"{', '.join(given)} shape a model built from scratch; with --init the checkpoint's own "
                 "configuration is used, so leave them out (--from-scratch-aids keeps only its training aids there)"
             )
-        model, tokenizer, _ = from_pretrained(args.init)
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32  # a 7B base never exists in fp32
+        model, tokenizer = load_checkpoint(args.init, args.clip_dir, args.sam2_checkpoint, "cpu", dtype,
+                                           args.sam2_config, args.init_delta)  # fmt: skip
     else:
         config = get_config(args.config)
         if args.sam_image_size:
@@ -367,6 +392,8 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
         motion_weight=args.motion_weight,
         seg_prompt_dropout=args.seg_prompt_dropout,
         pointer_weight=args.pointer_weight,
+        precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     main = distributed.is_main
     args.out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +437,7 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
     if not main:
         return 0
     log.close()
-    save_trained(trainer.model.eval(), tokenizer, args.out, getattr(torch, args.save_dtype))
+    save_trained(trainer.model.eval(), tokenizer, args.out, getattr(torch, args.save_dtype), args.parent_version)
     logger.info(
         "trained %d steps in %.1f min; checkpoint in %s", args.steps, (time.perf_counter() - started) / 60, args.out
     )

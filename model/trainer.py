@@ -98,6 +98,10 @@ class TrainConfig:
     mem_stride: int = 1
     use_memory_bank: bool = True
     train_parts: str = "all"  # all | glus | lora
+    # fp32 | bf16: the frozen base in bf16 (SAM-2 float32, GlusModel.to_serving), the parts that train kept in
+    # float32 (master weights, AdamW states), the forward pass under bf16 autocast; glus / lora parts only
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False  # recompute the LLM's layers in the backward pass instead of storing them
     prompt_templates: str = "random"  # random (GLUS: a random question/answer template per round) | inference
     seed: int = 0
     log_every: int = 25
@@ -196,11 +200,25 @@ class Trainer:
         self.seg_id = tokenizer.token_to_id(model.config.seg_token)
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
+        if config.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {config.precision!r}; expected fp32 or bf16")
+        if config.precision == "bf16" and config.train_parts == "all":
+            raise ValueError("bf16 training keeps a frozen base in bf16: use train_parts 'glus' or 'lora'")
+        if config.precision == "bf16":
+            model.to_serving(device, torch.bfloat16)
         self.params = trainable_parameters(model, config.train_parts)
+        for param in self.params:  # master weights: what trains stays float32 (a bf16 update of 1e-4 rounds to 0)
+            if param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+        if config.gradient_checkpointing:  # transformers >= 5.2x names it activation checkpointing
+            llm = model.language_model
+            enable = getattr(llm, "activation_checkpointing_enable", None) or llm.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
         self.distributed.broadcast_parameters(self.model)  # LoRA's random init included
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-        )
+            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+            foreach=False if config.precision == "bf16" else None,  # no temporary copy of every state at once
+        )  # fmt: skip
         self.contrastive = ObjectContrastiveLoss(
             config.bank_size,
             config.num_negatives,
@@ -243,6 +261,11 @@ class Trainer:
 
         Gradients flow as in training; call it under ``torch.no_grad()`` and ``model.eval()`` to evaluate.
         """
+        bf16 = self.config.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self._forward(videos, rng)
+
+    def _forward(self, videos: list[TrainingVideo], rng: random.Random | None = None) -> BatchOutputs:
         rng = rng or self.rng
         cfg, model, mcfg = self.config, self.model, self.model.config
         rows: list[tuple[int, TrainingExpression]] = []

@@ -71,3 +71,26 @@ def test_a_lora_step_changes_adapters_not_base_weights(small):
     trainer.train_step(_toy_videos(0, 2))
     assert all(torch.equal(p, base[n]) for n, p in model.language_model.named_parameters() if n in base)
     assert any(not torch.equal(p, lora_b[n]) for n, p in model.language_model.named_parameters() if n in lora_b)
+
+
+def test_bf16_lora_step_keeps_the_base_in_bf16_and_what_trains_in_float32(small):
+    """The recipe for glus-7b: frozen base bf16 (SAM-2 float32), trained parts float32 master weights, bf16
+    autocast, gradient checkpointing; one step changes the adapters and the parts trained in full only."""
+    model, tok = small
+    config = TrainConfig(train_parts="lora", precision="bf16", gradient_checkpointing=True, lr=1e-3,
+                         warmup_steps=1, steps=1, expressions_per_video=2, query_frames=2)  # fmt: skip
+    trainer = Trainer(model, tok, config)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, param in model.named_parameters():
+        expected = torch.float32 if name in trained or name.startswith("sam.") else torch.bfloat16
+        assert param.dtype == expected, name
+    assert model.language_model.model.gradient_checkpointing
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.rng = random.Random(0)
+    stats = trainer.train_step(_toy_videos(0, 2))
+    assert torch.isfinite(torch.tensor(stats.loss))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trained
+    assert any("lora_B" in n for n in changed) and any(n.startswith("sam.sam_mask_decoder.") for n in changed)
+    with pytest.raises(ValueError, match="bf16 training keeps a frozen base"):
+        Trainer(model, tok, TrainConfig(train_parts="all", precision="bf16"))

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from glus_backend.registry import ModelRegistry
+from glus_backend.registry import ModelRegistry, ModelVersion
 from glus_backend.rle import mask_to_rle
 from glus_backend.settings import Settings
 from glus_backend.training import TrainingDataError, split_tasks, train_project
@@ -49,17 +49,21 @@ def test_train_project_registers_a_gated_version(tmp_path):
         Settings(), model_dir=tmp_path / "md", train_steps=3, train_batch_size=2, heldout_fraction=0.25
     )
     stages = []
+    registry = ModelRegistry(settings.model_dir)  # this host alone (no Redis: the test owns no keys there)
     summary = train_project(settings, 1, tasks, CONFIG, lambda task: list(videos[task["id"]].frames),
-                            progress=stages.append)
+                            progress=stages.append, registry=registry)  # fmt: skip
     assert stages == ["snapshot", "fine-tuning", "gate", "done"]
-    registry = ModelRegistry(settings.model_dir)
     (record,) = registry.versions()
     meta = record.metadata
     assert record.version == summary["version"] and meta["parent"] == summary["parent"]
     assert meta["gate"]["promoted"] == (meta["gate"]["candidate_jf"] >= meta["gate"]["current_jf"])
     assert (registry.current().version == record.version) == summary["promoted"]
     assert summary["train_tasks"] + summary["heldout_tasks"] == 4 and summary["heldout_expressions"] >= 1
-    assert (record.path / "lora_adapter.safetensors").is_file() and (record.path / "train.log").is_file()
+    # stored as a delta of the served (bundled) model: LoRA factors + the parts trained in full
+    delta = json.loads((record.path / "delta.json").read_text())
+    assert delta["parent"] == summary["parent"] == registry.base().version and delta["lora"]["rank"] == 8
+    assert (record.path / "delta.safetensors").is_file() and (record.path / "train.log").is_file()
+    assert registry.resolve(record.version).deltas == (record.path,)
     snapshot = settings.model_dir / "data" / "snapshots" / f"project1-{summary['data_snapshot']}"
     held = json.loads((snapshot / "heldout" / "meta_expressions.json").read_text())["videos"]
     assert sorted(held) == sorted(f"task{i}" for i in meta["heldout_tasks"])
@@ -140,10 +144,17 @@ def test_fine_tune_command_uses_torchrun_for_several_processes(tmp_path):
     from glus_backend.training import Snapshot, fine_tune_command
 
     snapshot = Snapshot("abc", tmp_path / "snap", [1, 2], [3])
-    args = (tmp_path / "base", snapshot, tmp_path / "out", "cuda")
-    single = fine_tune_command(Settings(), *args)
+    served = ModelVersion("glus-7b-0000aaaa", tmp_path / "v2", "registry", tmp_path / "base",
+                          (tmp_path / "v1", tmp_path / "v2"))  # fmt: skip
+    args = (served, snapshot, tmp_path / "out", "cuda")
+    single = fine_tune_command(replace(Settings(), clip_dir="/clip", sam2_config="sam2-hiera-l"), *args)
     assert single[1:4] == ["-m", "model.cli", "train"] and single[single.index("--train-parts") + 1] == "lora"
-    multi = fine_tune_command(replace(Settings(), train_processes=4), *args)
+    # from the served version's base and delta chain, saved as a delta of it, with the workers' CLIP and SAM-2
+    text = " ".join(single)
+    assert f"--init {tmp_path / 'base'} --init-delta {tmp_path / 'v1'} --init-delta {tmp_path / 'v2'}" in text
+    assert "--parent-version glus-7b-0000aaaa" in text and "--clip-dir /clip --sam2-config sam2-hiera-l" in text
+    multi = fine_tune_command(replace(Settings(), train_processes=4, clip_dir="/clip", sam2_config="sam2-hiera-l"),
+                              *args)  # fmt: skip
     assert multi[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert multi[5:] == single[1:]  # the same training command, one process per GPU
 
@@ -159,12 +170,12 @@ def test_fine_tuning_keeps_the_base_models_pointer_and_motion_aids(tmp_path):
              "seg_prompt_dropout": 0.5}  # fmt: skip
     (base / "train_config.json").write_text(json.dumps({"train": train}))
     snapshot = Snapshot("s", tmp_path / "snap", [1], [2])
-    command = fine_tune_command(Settings(), base, snapshot, tmp_path / "out", "cpu")
+    command = fine_tune_command(Settings(), ModelVersion("v", base, "checkpoint"), snapshot, tmp_path / "out", "cpu")
     assert command[command.index("--pointer-weight") + 1] == "1.0"
     assert command[command.index("--motion-weight") + 1] == "0.5"
     assert command[command.index("--seg-prompt-dropout") + 1] == "0.5"
     (base / "train_config.json").write_text(json.dumps({"train": {**train, "pointer_weight": 0.0, "motion_weight": 0,
                                                                        "seg_prompt_dropout": 0.0}}))
-    command = fine_tune_command(Settings(), base, snapshot, tmp_path / "out", "cpu")
+    command = fine_tune_command(Settings(), ModelVersion("v", base, "checkpoint"), snapshot, tmp_path / "out", "cpu")
     assert "--pointer-weight" not in command and "--motion-weight" not in command and "--contrastive-aids" in command
     assert "--seg-prompt-dropout" not in command

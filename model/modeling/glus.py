@@ -75,8 +75,13 @@ class GlusModel(nn.Module):
 
     # --- multimodal LLM ---
     def encode_images(self, clip_pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, s, s)`` CLIP inputs -> ``(N, T, C_llm)`` visual tokens (penultimate layer, CLS dropped)."""
-        out = self.vision_tower(clip_pixel_values, output_hidden_states=True)
+        """``(N, 3, s, s)`` CLIP inputs -> ``(N, T, C_llm)`` visual tokens (penultimate layer, CLS dropped).
+
+        CLIP runs in its own dtype outside any autocast (bf16 training autocasts the rest; on CPU, autocast
+        refuses a LayerNorm whose weights are not float32)."""
+        vision_dtype = self.vision_tower.get_input_embeddings().weight.dtype
+        with torch.autocast(clip_pixel_values.device.type, enabled=False):
+            out = self.vision_tower(clip_pixel_values.to(vision_dtype), output_hidden_states=True)
         patches = out.hidden_states[self.config.vision_feature_layer][:, 1:]
         return self.multi_modal_projector(patches)
 
