@@ -137,20 +137,47 @@ def phase_write(args: argparse.Namespace) -> dict:
     return {"seconds": time.perf_counter() - started, "bytes": sizes}
 
 
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only), so that the next read comes from the disk."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_seconds(files: list[Path]) -> float:
+    """Seconds to read ``files`` from end to end and do nothing with the bytes (the disk's share of a load)."""
+    started = time.perf_counter()
+    buffer = bytearray(16 * 2**20)
+    for file in files:
+        with file.open("rb", buffering=0) as stream:
+            while stream.readinto(buffer):
+                pass
+    return time.perf_counter() - started
+
+
 def phase_load(args: argparse.Namespace) -> dict:
     import torch
 
     from model.checkpoint import load_checkpoint
+    from model.weights import WeightSource
 
     paths = folders(args.workdir)
     torch.set_num_threads(args.threads)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cold_read = None
+    if args.cold and drop_page_cache():
+        files = [f for p in paths.values() for f in WeightSource(p).files]
+        cold_read = {"seconds": read_seconds(files), "bytes": sum(f.stat().st_size for f in files)}
+        drop_page_cache()
     started = time.perf_counter()
     model, _ = load_checkpoint(paths["glus"], paths["clip"], paths["sam2"], "cpu", torch.bfloat16, args.sam2_config)
     seconds = time.perf_counter() - started
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"seconds": seconds, "weights_bytes": weights, "parameters": sum(p.numel() for p in model.parameters()),
-            "baseline_rss": baseline}  # fmt: skip
+            "baseline_rss": baseline, "cold_read": cold_read}  # fmt: skip
 
 
 def _peak_rss_of(command: list[str], env: dict | None = None, timeout: float | None = None) -> tuple[str, int, float]:
@@ -317,6 +344,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--rewrite", action="store_true", help="write the weights even if the workdir has them")
+    parser.add_argument("--cold", action="store_true", help="load: drop the page cache first (root) and compare "
+                        "with reading the files alone")  # fmt: skip
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.sam2_config = args.sam2_config or ("sam2-hiera-l" if args.config == "glus-7b" else "sam2-hiera-t")
@@ -363,6 +392,11 @@ def report(args: argparse.Namespace, results: dict) -> None:
               f"served {served / gb:.2f} GB (bf16, SAM-2 float32); peak RSS {load['peak_rss'] / gb:.2f} GB = "
               f"{load['peak_rss'] / served:.3f}x the served weights, {load['peak_rss'] / bf16:.3f}x all-bf16 weights "
               f"(a bare `import model.checkpoint` process: {load['baseline_rss'] / gb:.2f} GB)")
+        if load.get("cold_read"):
+            cold = load["cold_read"]
+            print(f"  page cache dropped first: reading the same files alone takes {cold['seconds']:.1f} s "
+                  f"({cold['bytes'] / gb:.2f} GB, {cold['bytes'] / gb / cold['seconds']:.2f} GB/s); the load is "
+                  f"{load['seconds'] / cold['seconds']:.2f}x that")
     if "segment" in results:
         seg = results["segment"]
         print(f"glus segment: {seg['frames']} frames of {args.video.name}, {seg['seconds_per_frame']:.1f} s/frame "

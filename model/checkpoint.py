@@ -137,14 +137,11 @@ def _vision_keys(model: GlusModel) -> set[str]:
 
 def _load(model: GlusModel, plans: list[SourcePlan], strict: bool, dtype=None, device="cpu") -> list[LoadReport]:
     """Load in the serving layout of :meth:`GlusModel.to_serving`: SAM-2 in float32, the rest in ``dtype``."""
+
     def dtype_of(key: str) -> torch.dtype | None:
         return torch.float32 if key.startswith("sam.") else dtype
 
-    reports = load_planned(model, plans, dtype=dtype_of if dtype is not None else None, device=device, strict=strict)
-    for report in reports:
-        if report.dropped or report.ignored:
-            logger.info("%s: dropped %s; ignored %d unused tensors", report.source, report.dropped, len(report.ignored))
-    return reports
+    return load_planned(model, plans, dtype=dtype_of if dtype is not None else None, device=device, strict=strict)
 
 
 def load_released_state_dict(
@@ -341,13 +338,14 @@ def load_checkpoint(
     ``deltas`` (fine-tuned versions, :mod:`model.delta`) applied in order, oldest first: what the CLI, the
     workers, training and the benchmarks call. ``clip_dir``, ``sam2_checkpoint`` and ``sam2_config`` apply to
     released folders, which need ``clip_dir``."""
-    from .delta import apply_delta, is_delta
+    from .delta import apply_delta, is_delta, read_delta_spec
 
     checkpoint = Path(checkpoint)
     if is_delta(checkpoint):
         raise CheckpointError(
-            f"{checkpoint} is a fine-tuned version stored as a delta: load its base with the delta chain "
-            "(the model registry resolves it: glus-backend versions)"
+            f"{checkpoint} is a fine-tuned version stored as a delta of {read_delta_spec(checkpoint)['parent']}: give "
+            "its base checkpoint and the chain of deltas, oldest first (glus: --checkpoint BASE --delta DIR ...; "
+            "`glus-backend versions` names each version's parent)"
         )
     model, tokenizer = _load_base(checkpoint, clip_dir, sam2_checkpoint, device, dtype, sam2_config)
     for delta in deltas:

@@ -50,7 +50,8 @@ def load_model_from_args(args: argparse.Namespace, device: str, dtype: torch.dty
     from model.checkpoint import load_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    return load_checkpoint(checkpoint, args.clip_dir, args.sam2_checkpoint, device, dtype, args.sam2_config)
+    return load_checkpoint(checkpoint, args.clip_dir, args.sam2_checkpoint, device, dtype, args.sam2_config,
+                           args.delta)  # fmt: skip
 
 
 def _key_frame_selector(spec: str):
@@ -147,6 +148,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help=f"model directory (default: ${CHECKPOINT_ENV}, else the bundled demo model)"
     )
+    parser.add_argument(
+        "--delta", action="append", default=[], metavar="DIR",
+        help="a fine-tuned version stored as a delta (the registry's versions/<name>), applied to --checkpoint; "
+        "repeat for a chain, oldest first (`glus-backend versions` names each version's parent)",
+    )  # fmt: skip
     from model.config import DEFAULT_SAM2, SAM2_CONFIGS
 
     parser.add_argument(

@@ -207,9 +207,15 @@ class Trainer:
         if config.precision == "bf16":
             model.to_serving(device, torch.bfloat16)
         self.params = trainable_parameters(model, config.train_parts)
-        for param in self.params:  # master weights: what trains stays float32 (a bf16 update of 1e-4 rounds to 0)
-            if param.is_floating_point() and param.dtype != torch.float32:
-                param.data = param.data.float()
+        if config.precision == "bf16":  # master weights: what trains is float32 (a bf16 update of 1e-4 rounds to 0)
+            for module in model.modules():  # with its modules' buffers (a trained batch norm's statistics)
+                if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                    continue
+                for param in module.parameters(recurse=False):
+                    param.data = param.data.float()
+                for name, buffer in module.named_buffers(recurse=False):
+                    if buffer.is_floating_point():
+                        setattr(module, name, buffer.float())
         if config.gradient_checkpointing:  # transformers >= 5.2x names it activation checkpointing
             llm = model.language_model
             enable = getattr(llm, "activation_checkpointing_enable", None) or llm.gradient_checkpointing_enable

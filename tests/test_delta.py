@@ -95,3 +95,24 @@ def test_delta_files_are_read_lazily(base, tmp_path):
     source = WeightSource(out / DELTA_WEIGHTS)
     kinds = {source.info(k).dtype for k in source.keys()}
     assert kinds == {torch.bfloat16, torch.float32, torch.int64}  # full parts bf16, LoRA float32, BN counter
+
+
+def test_glus_train_bf16_recipe_writes_a_delta_that_loads(base, tmp_path):
+    """`glus train` as a fine-tuning job runs it for a bf16-served model: bf16 base, float32 trained parts,
+    gradient checkpointing, the result a bf16 delta of the served version, loadable on its base."""
+    from model.cli import main
+
+    path, _, _ = base
+    out = tmp_path / "run"
+    code = main(["train", "--synthetic", "--init", str(path), "--train-parts", "lora", "--steps", "1",
+                 "--batch-size", "1", "--warmup", "1", "--precision", "bf16", "--gradient-checkpointing",
+                 "--save-dtype", "bfloat16", "--parent-version", "glus-tiny-base0000", "--out", str(out),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    assert read_delta_spec(out)["parent"] == "glus-tiny-base0000"
+    source = WeightSource(out / DELTA_WEIGHTS)
+    assert source.info("language_model.model.embed_tokens.weight").dtype == torch.bfloat16
+    loaded, _ = load_checkpoint(path, deltas=[out])
+    original, _ = load_checkpoint(path)
+    changed = [k for k, v in loaded.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
+    assert any("q_proj" in k for k in changed) and any(k.startswith("sam.sam_mask_decoder.") for k in changed)

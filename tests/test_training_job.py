@@ -153,6 +153,12 @@ def test_fine_tune_command_uses_torchrun_for_several_processes(tmp_path):
     text = " ".join(single)
     assert f"--init {tmp_path / 'base'} --init-delta {tmp_path / 'v1'} --init-delta {tmp_path / 'v2'}" in text
     assert "--parent-version glus-7b-0000aaaa" in text and "--clip-dir /clip --sam2-config sam2-hiera-l" in text
+    # on a GPU (GLUS_PRECISION auto) the bf16 recipe; on a CPU in float32 unless GLUS_PRECISION=bf16
+    assert "--precision bf16 --gradient-checkpointing --save-dtype bfloat16" in text
+    cpu = " ".join(fine_tune_command(Settings(), served, snapshot, tmp_path / "out", "cpu"))
+    assert "--precision" not in cpu
+    assert "--precision bf16" in " ".join(fine_tune_command(replace(Settings(), precision="bf16"), served, snapshot,
+                                                            tmp_path / "out", "cpu"))  # fmt: skip
     multi = fine_tune_command(replace(Settings(), train_processes=4, clip_dir="/clip", sam2_config="sam2-hiera-l"),
                               *args)  # fmt: skip
     assert multi[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]

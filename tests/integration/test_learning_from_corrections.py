@@ -202,9 +202,12 @@ def test_corrections_on_a_domain_shift_train_promote_and_relabel(hitl_stack, shi
     # J&F on shifted videos that never reached Label Studio, before and after
     versions = stack["tmp"] / "model_dir" / "versions"
     from glus_backend.registry import bundled_checkpoint
+    from model.checkpoint import CheckpointChain
 
-    before, n = score_checkpoint(bundled_checkpoint(), shifted_world, "test")
-    after, _ = score_checkpoint(versions / new_version, shifted_world, "test")
+    base = CheckpointChain(bundled_checkpoint())
+    assert json.loads((versions / new_version / "delta.json").read_text())["parent"] == base_version
+    before, n = score_checkpoint(base, shifted_world, "test")
+    after, _ = score_checkpoint(base.with_delta(versions / new_version), shifted_world, "test")
     print(
         f"\nrecoloured domain, {n} held-out expressions: J&F before {before:.3f} (bundled {base_version}) -> "
         f"after {after:.3f} ({new_version}); gate on {result['heldout_tasks']} held-out corrected tasks: "
