@@ -283,3 +283,27 @@ def test_bf16_serving_on_cpu_follows_the_float32_masks():
     full, half = masks[torch.float32], masks[torch.bfloat16]
     iou = (full & half).sum() / max((full | half).sum(), 1)
     assert full.any() and iou > 0.9, iou
+
+
+def test_a_sam21_folder_loads_with_its_option_and_segments(tmp_path, moving_square_video):
+    """A released folder trained on SAM-2.1 (Hiera-T, real 1024 px) with an official SAM-2.1 .pt beside it."""
+    config = glus_tiny_config()
+    config.sam2_config, config.sam2_overrides = "configs/sam2.1/sam2.1_hiera_t.yaml", []
+    model, tok = random_model(config, seed=0, seg_logit_bias=20.0)
+    assert "sam.no_obj_embed_spatial" in model.state_dict()  # a SAM-2.1 tensor that v1 lacks
+    glus_dir, clip_dir, sam2_pt = write_release(model, tok, tmp_path, "safetensors", clip_layout="transformers4")
+    loaded, tok2, reports = load_released_glus(glus_dir, clip_dir, sam2_pt, sam2_config="sam2.1-hiera-t")
+    assert all(r.ok for r in reports), [str(r) for r in reports]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    result = _masks(loaded, tok2, moving_square_video[:2])
+    assert result.masks.shape == (2, 96, 128)
+
+
+def test_worker_settings_name_the_sam2_architecture(monkeypatch):
+    from glus_backend.settings import Settings
+
+    monkeypatch.setenv("GLUS_SAM2_CONFIG", "sam2-hiera-b+")
+    monkeypatch.setenv("GLUS_MODEL_STORE", "s3://bucket/glus")
+    settings = Settings.from_env()
+    assert settings.sam2_config == "sam2-hiera-b+" and settings.model_store == "s3://bucket/glus"
