@@ -246,8 +246,13 @@ def phase_worker(args: argparse.Namespace) -> dict:
         output, peak, seconds = _peak_rss_of(
             [sys.executable, "-m", "glus_backend.cli", "worker", "--burst", "--device", "cpu"], env
         )
+        (args.workdir / "worker.log").write_text(output)
         ready = client.post("/predict", json={"tasks": [task], "label_config": config, "project": "1.1"}).get_json()
         setup = client.post("/setup", json={"project": "1.1", "schema": config}).get_json()
+        if not ready["results"][0]["result"]:
+            failures = [line for line in output.splitlines() if "failed" in line or "Error" in line]
+            log = args.workdir / "worker.log"
+            raise RuntimeError(f"the worker made no prediction; {log}:\n" + "\n".join(failures[-10:]))
     finally:
         keys = list(redis.scan_iter(f"*{prefix}*"))
         if keys:

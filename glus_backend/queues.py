@@ -35,15 +35,10 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def make_job_id(kind: str, *parts: Any) -> str:
-    """``<kind>-<hash of parts>``: the same inputs always give the same id."""
-    return f"{kind}-{_digest(*parts)}"
-
-
-def predict_job_id(task_id: int, data: dict, context: Any, label_config: str, model_version: str,
-                   scope: tuple = ()) -> str:
-    """``scope`` (Label Studio URL, project id) keeps task ids of different Label Studio instances apart."""
-    return make_job_id(PREDICT, task_id, data, context, label_config, model_version, *scope)
+def make_job_id(prefix: str, kind: str, *parts: Any) -> str:
+    """``<prefix>-<kind>-<hash of parts>``: the same inputs always give the same id, and deployments (or tests)
+    with other prefixes on the same Redis never share one (RQ's job keys are not prefixed)."""
+    return f"{prefix}-{kind}-{_digest(*parts)}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +66,15 @@ class JobQueues:
 
     def key(self, *parts: str) -> str:
         return ":".join([self.prefix, *parts])
+
+    def job_id(self, kind: str, *parts: Any) -> str:
+        """This deployment's id of a job: see :func:`make_job_id`."""
+        return make_job_id(self.prefix, kind, *parts)
+
+    def predict_job_id(self, task_id: int, data: dict, context: Any, label_config: str, model_version: str,
+                       scope: tuple = ()) -> str:  # fmt: skip
+        """``scope`` (Label Studio URL, project id) keeps task ids of different Label Studio instances apart."""
+        return self.job_id(PREDICT, task_id, data, context, label_config, model_version, *scope)
 
     def fetch(self, job_id: str) -> Job | None:
         try:
@@ -114,7 +118,7 @@ class JobQueues:
         data = task.get("data") or {}
         task_id = int(task["id"])
         scope = (self.settings.label_studio_url, project_id)
-        job_id = predict_job_id(task_id, data, context, label_config, model_version, scope)
+        job_id = self.predict_job_id(task_id, data, context, label_config, model_version, scope)
         payload = {
             "task_id": task_id,
             "project_id": project_id,

@@ -29,7 +29,6 @@ from .queues import (
     TRAIN,
     JobQueues,
     job_view,
-    make_job_id,
 )
 from .registry import ModelRegistry, NoModelError
 from .settings import Settings
@@ -218,7 +217,7 @@ def _on_annotation(service: BackendService, payload: dict) -> dict:
         "project": {"id": project.get("id"), "label_config": project.get("label_config")},
     }
     stamp = annotation.get("updated_at") or annotation.get("created_at") or time.time()
-    job_id = make_job_id(INGEST, task.get("id"), annotation.get("id"), stamp)
+    job_id = service.queues.job_id(INGEST, task.get("id"), annotation.get("id"), stamp)
     enqueued = service.queues.enqueue(
         INGEST, INGEST_FUNC, job_id, body, 600, meta={"task_id": task.get("id"), "annotation_id": annotation.get("id")}
     )
@@ -228,7 +227,7 @@ def _on_annotation(service: BackendService, payload: dict) -> dict:
 def _on_annotations_deleted(service: BackendService, payload: dict) -> dict:
     ids = [a.get("id") for a in payload.get("annotations", []) if isinstance(a, dict)]
     project = payload.get("project") or {}
-    job_id = make_job_id("delete", ids, time.time())
+    job_id = service.queues.job_id("delete", ids, time.time())
     enqueued = service.queues.enqueue(
         INGEST,
         DELETE_FUNC,

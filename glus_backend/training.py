@@ -57,7 +57,7 @@ class Snapshot:
 def enqueue_training(queues, project_id: int, reason: str):
     """Put a training run of ``project_id`` on the train queue, unless one is already queued or running: then
     that one is returned (a second "Start training" click does not start a second run)."""
-    from .queues import TRAIN, TRAIN_FUNC, Enqueued, make_job_id
+    from .queues import TRAIN, TRAIN_FUNC, Enqueued
 
     active_key = queues.key("train-active", str(int(project_id)))
     active = queues.redis.get(active_key)
@@ -66,7 +66,7 @@ def enqueue_training(queues, project_id: int, reason: str):
         status = str(getattr(job.get_status(refresh=True), "value", "")) if job is not None else ""
         if status in ("queued", "started", "deferred", "scheduled"):
             return Enqueued(job.id, False, status)
-    job_id = make_job_id(TRAIN, int(project_id), time.time(), uuid.uuid4().hex)
+    job_id = queues.job_id(TRAIN, int(project_id), time.time(), uuid.uuid4().hex)
     queues.redis.set(active_key, job_id, ex=7 * 24 * 3600)
     return queues.enqueue(
         TRAIN,

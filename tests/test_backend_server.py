@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, VIDEO_CONFIG, test_redis_url
 
-from glus_backend.queues import JobQueues, predict_job_id
+from glus_backend.queues import JobQueues
 from glus_backend.server import create_app
 from glus_backend.settings import Settings
 
@@ -61,7 +61,8 @@ def test_predict_answers_placeholders_and_enqueues_each_task_once(backend):
     created.extend(queues.queue("predict").job_ids)
     again = _predict(client, tasks)  # Label Studio asking again: nothing new runs
     assert again.status_code == 200 and queues.queue("predict").count == 2
-    job_id = predict_job_id(1, tasks[0]["data"], None, FRAMES_CONFIG, body["model_version"], (None, 3))
+    job_id = queues.predict_job_id(1, tasks[0]["data"], None, FRAMES_CONFIG, body["model_version"], (None, 3))
+    assert job_id.startswith(f"{queues.prefix}-predict-")  # this deployment's: no other prefix can hold it
     assert job_id in queues.queue("predict").job_ids
     view = client.get(f"/jobs/{job_id}").get_json()
     assert view["status"] == "queued" and view["task_id"] == 1
@@ -75,7 +76,7 @@ def test_ready_predictions_come_from_the_result_store(backend):
     client, queues, _, created = backend
     task = {"id": 7, "data": {"frames": ["/data/upload/3/7.jpg"], "expression": "the dog"}}
     version = client.get("/health").get_json()["model_version"]
-    job_id = predict_job_id(7, task["data"], None, FRAMES_CONFIG, version, (None, 3))
+    job_id = queues.predict_job_id(7, task["data"], None, FRAMES_CONFIG, version, (None, 3))
     stored = {"result": [{"id": "x", "type": "brushlabels"}], "score": 0.8, "model_version": version}
     queues.put_prediction(job_id, stored)
     body = _predict(client, [task]).get_json()
@@ -124,7 +125,7 @@ def test_webhooks_enqueue_and_unknown_actions_are_ignored(backend):
             "project": {"id": 3},
         },
     )
-    assert r.status_code == 201 and r.get_json()["job"].startswith("ingest-")
+    assert r.status_code == 201 and r.get_json()["job"].startswith(f"{queues.prefix}-ingest-")
     assert queues.queue("ingest").count == 1
     r = client.post(
         "/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 5}], "project": {"id": 3}}
@@ -134,7 +135,8 @@ def test_webhooks_enqueue_and_unknown_actions_are_ignored(backend):
     # Label Studio's "Start training": only the project in the payload; one queued/running train job per project
     first = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
     again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
-    assert first.status_code == 201 and first.get_json()["job"].startswith("train-") and first.get_json()["created"]
+    assert first.status_code == 201 and first.get_json()["created"]
+    assert first.get_json()["job"].startswith(f"{queues.prefix}-train-")
     assert again.get_json()["job"] == first.get_json()["job"] and not again.get_json()["created"]
     assert queues.queue("train").count == 1
     created.extend(queues.queue("train").job_ids)
@@ -176,3 +178,17 @@ def test_web_process_never_imports_torch():
         env={"PATH": "/usr/bin:/bin", "REDIS_URL": test_redis_url(), "MODEL_DIR": "/tmp/glus-none"},
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_deployments_with_other_prefixes_never_share_a_job(redis_prefix):
+    """RQ's job keys are global: two prefixes on one Redis (two deployments, or two test runs of the same
+    content-named model) enqueueing the same task must each get a job of their own."""
+    redis, prefix, created = redis_prefix
+    task = {"id": 5, "data": {"frames": ["/data/upload/1/5.jpg"], "expression": "the dog"}}
+    first = JobQueues(redis, Settings(queue_prefix=prefix))
+    second = JobQueues(redis, Settings(queue_prefix=prefix + "b"))
+    a = first.enqueue_prediction(task, FRAMES_CONFIG, 1, "glus-tiny-0123abcd")
+    b = second.enqueue_prediction(task, FRAMES_CONFIG, 1, "glus-tiny-0123abcd")
+    created.extend([a.job_id, b.job_id])
+    assert a.created and b.created and a.job_id != b.job_id
+    assert first.queue("predict").job_ids == [a.job_id] and second.queue("predict").job_ids == [b.job_id]

@@ -91,7 +91,7 @@ def test_every_n_corrections_enqueue_one_training_run(redis_prefix, tmp_path):
     runtime = SimpleNamespace(settings=settings, redis=redis, queues=JobQueues(redis, settings))
     outcomes = [_count_correction(runtime, 7) for _ in range(3)]
     assert [o["corrections_since_training"] for o in outcomes] == [1, 2, 3]
-    assert "train_job" not in outcomes[1] and outcomes[2]["train_job"].startswith("train-")
+    assert "train_job" not in outcomes[1] and outcomes[2]["train_job"].startswith(f"{prefix}-train-")
     assert runtime.queues.queue("train").count == 1
     # while that run is queued, more corrections do not pile up more runs
     again = [_count_correction(runtime, 7) for _ in range(3)]

@@ -103,10 +103,8 @@ def _predict(client, task, config):
 
 
 def _job_id(env, task, config):
-    from glus_backend.queues import predict_job_id
-
     version = env["client"].get("/health").get_json()["model_version"]
-    return predict_job_id(task["id"], task["data"], None, config, version, (None, 1))
+    return env["queues"].predict_job_id(task["id"], task["data"], None, config, version, (None, 1))
 
 
 def test_predictions_and_bad_input_through_real_workers(env):
