@@ -21,8 +21,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointChain
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +48,11 @@ ABLATION_ROWS = "full,no-context,no-memory,no-kfs,clip"
 THROUGHPUT_ROWS = "no-kfs,fast-clip,fast-llm-every-2,fast-llm-every-4"
 
 
-def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str], limit: int | None = None,
-                        device: str = "cpu", by_template: bool = False) -> dict[str, dict]:
+def evaluate_checkpoint(checkpoint: Path | CheckpointChain, root: Path, split: str, rows: list[str],
+                        limit: int | None = None, device: str = "cpu", by_template: bool = False) -> dict[str, dict]:
     """``{row: {category: DatasetScore}}`` for each inference setting in ``rows`` (with ``by_template``, also
-    one ``template:...`` category per grammar template)."""
-    from .checkpoint import from_pretrained
+    one ``template:...`` category per grammar template). ``checkpoint`` is a folder or a base with deltas."""
+    from .checkpoint import CheckpointChain
     from .datasets import open_dataset
     from .evaluation.metrics import aggregate, score_expression
     from .inference import Expression, SegmentOptions, VideoSegmenter
@@ -57,8 +61,9 @@ def evaluate_checkpoint(checkpoint: Path, root: Path, split: str, rows: list[str
     from .synthetic.dataset import load_split_extras
     from .video_io import FrameFiles
 
-    model, tokenizer, _ = from_pretrained(checkpoint)
-    segmenter = VideoSegmenter(model.to(device), tokenizer, device=device)
+    chain = checkpoint if isinstance(checkpoint, CheckpointChain) else CheckpointChain(Path(checkpoint))
+    model, tokenizer = chain.load(device)
+    segmenter = VideoSegmenter(model, tokenizer, device=device)
     dataset = open_dataset("mevis", root, split)
     info, _objects = load_split_extras(Path(root) / split)
     videos = list(dataset.videos.values())[:limit] if limit else list(dataset.videos.values())
@@ -149,9 +154,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if not sep or not name or not Path(path).is_dir():
             raise ValueError(f"--compare expects NAME=DIR with an existing checkpoint folder, got {item!r}")
         compare.append((name, Path(path)))
+    from .checkpoint import CheckpointChain
+
     checkpoint = resolve_checkpoint(args.checkpoint)
+    chain = CheckpointChain(checkpoint, tuple(Path(d) for d in args.delta), args.clip_dir, args.sam2_checkpoint,
+                            args.sam2_config)  # the model arguments of `glus segment`  # fmt: skip
     by_template = args.by_template
-    model_rows = evaluate_checkpoint(checkpoint, args.root, args.split, rows, args.limit, args.device, by_template)
+    model_rows = evaluate_checkpoint(chain, args.root, args.split, rows, args.limit, args.device, by_template)
     for name, path in compare:
         model_rows[name] = evaluate_checkpoint(
             path, args.root, args.split, ["full"], args.limit, args.device, by_template

@@ -116,3 +116,14 @@ def test_glus_train_bf16_recipe_writes_a_delta_that_loads(base, tmp_path):
     original, _ = load_checkpoint(path)
     changed = [k for k, v in loaded.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
     assert any("q_proj" in k for k in changed) and any(k.startswith("sam.sam_mask_decoder.") for k in changed)
+
+
+def test_the_glus_cli_loads_a_version_by_hand_and_explains_a_bare_delta(base, tmp_path, capsys, caplog):
+    from model.cli import main
+
+    path, model, tok = base
+    out = save_trained(_fine_tune_by_hand(model, seed=1), tok, tmp_path / "v1", parent_version="glus-tiny-base0000")
+    assert main(["info", "--checkpoint", str(path), "--delta", str(out)]) == 0
+    assert '"parameters"' in capsys.readouterr().out
+    assert main(["info", "--checkpoint", str(out)]) == 2  # a delta alone: the error names its parent
+    assert "stored as a delta of glus-tiny-base0000" in caplog.text and "--delta DIR" in caplog.text
