@@ -257,28 +257,34 @@ class ModelRegistry:
                 )
         return ModelVersion(version_of(path, self.digests_file), path, source)
 
-    def resolve(self, name: str, _seen: tuple[str, ...] = ()) -> ModelVersion:
+    def resolve(self, name: str) -> ModelVersion:
         """``name`` as base + delta chain, each delta fetched from the store into this host's cache."""
         base = self.base()
         if name == base.version:
             return base
-        if name in _seen:
-            raise ValueError(f"version {name} is its own ancestor: {' -> '.join(_seen)}")
-        if not self.store.exists(name, "config.json"):
-            raise ValueError(f"unknown version {name!r}; registered: {[r.version for r in self.versions()]}")
-        path = self.local_copy(name)
-        delta = path / "delta.json"
-        if not delta.is_file():  # a full checkpoint
-            return ModelVersion(name, path, "registry")
-        parent = json.loads(delta.read_text())["parent"]
-        try:
-            chain = self.resolve(parent, (*_seen, name))
-        except ValueError as exc:
-            raise ValueError(
-                f"version {name} is a delta of {parent}, which is neither registered nor this host's base "
-                f"({base.version}, GLUS_CHECKPOINT): {exc}"
-            ) from None
-        return ModelVersion(name, path, "registry", chain.base, (*chain.deltas, path))
+        walked: list[str] = []  # name, its parent, ... (newest first)
+        deltas: list[Path] = []
+        current, root, own = name, base.path, None
+        while current != base.version:
+            if current in walked:
+                raise ValueError(f"version {name} is its own ancestor: {' -> '.join([*walked, current])}")
+            if not self.store.exists(current, "config.json"):
+                if not walked:
+                    raise ValueError(f"unknown version {name!r}; registered: {[r.version for r in self.versions()]}")
+                raise ValueError(
+                    f"version {walked[-1]} is a delta of {current}, which is neither registered nor this host's "
+                    f"base ({base.version}, GLUS_CHECKPOINT)"
+                )
+            walked.append(current)
+            path = self.local_copy(current)
+            own = own or path  # the version's own folder
+            delta = path / "delta.json"
+            if not delta.is_file():  # a registered full checkpoint ends the chain
+                root = path
+                break
+            deltas.append(path)
+            current = json.loads(delta.read_text())["parent"]
+        return ModelVersion(name, own, "registry", root, tuple(reversed(deltas)))
 
     def local_copy(self, name: str) -> Path:
         if self.store.is_local:
