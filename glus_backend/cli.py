@@ -142,7 +142,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except NoModelError as exc:
         version = f"none ({exc})"
     names = {queues.name(k) for k in ("predict", "ingest", "train")}
-    workers = [w.name for w in Worker.all(connection=queues.redis) if names & set(w.queue_names())]
+    workers = [w.name for w in Worker.all(connection=queues.redis)
+               if names & set(w.queue_names()) and queues.redis.exists(w.key)]  # a lapsed heartbeat: dead
     print(json.dumps({"model_version": version, "queues": queues.counts(), "workers": workers}, indent=2))
     return 0
 

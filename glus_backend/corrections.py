@@ -150,13 +150,15 @@ def task_frame_loader(client, settings, label_config: str):
     from model.video_io import VideoFile
 
     from .media import resolve_media
+    from .url_guard import AddressGuard
 
     config = parse_label_config(label_config)
     cache = settings.model_dir / "cache" / "media"
 
     def frames_of(task: dict) -> list:
         value = task["data"][config.value_key]
-        common = dict(client=client, dest_dir=cache, task_id=task["id"], local_files_root=settings.local_files_root)
+        common = dict(client=client, dest_dir=cache, task_id=task["id"], local_files_root=settings.local_files_root,
+                      guard=AddressGuard.from_settings(settings))
         if config.kind == "video":
             video = VideoFile(resolve_media(value, **common))
             return [video.frame(i) for i in range(len(video))]

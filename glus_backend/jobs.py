@@ -22,6 +22,7 @@ from .media import resolve_media
 from .prompts import ObjectPrompt, PromptError, extract_prompts
 from .queues import PENDING_MODEL_VERSION
 from .results import ObjectTrack, frame_sequence_results, mask_to_box, prediction, video_rectangle_results
+from .url_guard import AddressGuard
 from .worker import PermanentJobError, WorkerRuntime, current_runtime
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
         task_id=task_id,
         max_bytes=settings.max_media_bytes,
         local_files_root=settings.local_files_root,
+        guard=AddressGuard.from_settings(settings),
     )
     try:
         if config.kind == "video":
@@ -141,6 +143,13 @@ def predict_task(payload: dict) -> dict:
         )
     except PromptError as exc:
         raise PermanentJobError(f"task {task_id}: {exc}") from exc
+    stored = runtime.queues.get_prediction(payload["job_id"])
+    if stored is not None:  # a rerun (worker died, Redis or Label Studio went away after segmenting): post only
+        progress.update("posting", force=True)
+        prediction_id = _post(runtime, task_id, payload["job_id"], stored)
+        runtime.queues.settle_later(payload["job_id"], task_id, prediction_id, stored.get("model_version"))
+        return {"task_id": task_id, "model_version": stored.get("model_version"), "results": len(stored["result"]),
+                "prediction_id": prediction_id, "reused_stored_prediction": True}
     progress.update("fetching media", force=True)
     source, fps = _open_media(runtime, config, payload.get("data") or {}, task_id)
     first = source.frame(0)
@@ -159,6 +168,7 @@ def predict_task(payload: dict) -> dict:
     runtime.queues.put_prediction(payload["job_id"], pred)
     progress.update("posting", len(source) * len(prompts), len(source) * len(prompts), force=True)
     prediction_id = _post(runtime, task_id, payload["job_id"], pred)
+    runtime.queues.settle_later(payload["job_id"], task_id, prediction_id, version)
     return {
         "task_id": task_id,
         "model_version": version,

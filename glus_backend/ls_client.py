@@ -14,14 +14,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
+
+from .redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 ACCESS_TOKEN_TTL = 300.0  # Label Studio 1.23 access tokens live 300 s
 REFRESH_MARGIN = 30.0  # refresh this long before the access token's exp
 MAX_RETRY_AFTER = 60.0
-_SAFE_QUERY_KEYS = frozenset({"d", "task", "project", "page", "page_size", "exportType", "id", "ids[]"})
 
 
 class LabelStudioError(RuntimeError):
@@ -40,23 +42,6 @@ class LabelStudioError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.transient = transient
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info and with query values replaced by ``***`` (presigned URLs carry signatures).
-
-    A few harmless keys (``d`` of local-files URLs, ids) keep their values so messages stay useful.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = ""
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        query = urlencode([(k, v if k in _SAFE_QUERY_KEYS else "***") for k, v in pairs], safe="/*[]")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def jwt_payload(token: str) -> dict | None:
@@ -79,11 +64,23 @@ def is_personal_access_token(api_key: str) -> bool:
 
 
 def _body_excerpt(resp: requests.Response, limit: int = 200) -> str:
+    """A safe summary of an error body: JSON's ``detail``/``validation_errors``, an HTML page's title, or the
+    first ``limit`` printable characters of plain text - never a whole page."""
     try:
-        text = resp.text
+        text = resp.text[:65536]
     except Exception:  # noqa: BLE001 - a broken body must not hide the status
         return ""
-    text = " ".join(text.split())
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        picked = {k: body[k] for k in ("detail", "validation_errors", "error", "message") if k in body}
+        text = json.dumps(picked or {"fields": sorted(body)[:8]})
+    elif "<html" in text[:512].lower():
+        match = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        text = f"HTML page {match.group(1).strip()!r}" if match else "an HTML page"
+    text = "".join(ch for ch in " ".join(text.split()) if ch.isprintable())
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
@@ -110,6 +107,7 @@ def send_with_retries(
     on_unauthorized: Callable[[], bool] | None = None,
     idempotent: bool | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    quote_errors: bool = True,
     **kwargs: Any,
 ) -> requests.Response:
     """Send one HTTP request with Label Studio's retry policy; returns a 2xx/3xx response or raises.
@@ -118,6 +116,7 @@ def send_with_retries(
     ``on_unauthorized`` may renew credentials once after a 401 and return True to resend.
     Non-idempotent requests (POST, PATCH) are resent only when the server certainly did not get them
     (connection refused, connect timeout, 429, 503): a read timeout could otherwise duplicate a prediction.
+    ``quote_errors=False`` keeps the error body out of the message (foreign hosts: only the status is reported).
     """
     method = method.upper()
     if idempotent is None:
@@ -155,7 +154,7 @@ def send_with_retries(
             if status < 400:
                 return resp
             retryable = status in RETRY_STATUSES and (idempotent or status in (429, 503))
-            excerpt = _body_excerpt(resp)
+            excerpt = _body_excerpt(resp) if quote_errors else (resp.reason or "")
             resp.close()
             if not retryable or attempt >= retries:
                 transient = status in RETRY_STATUSES

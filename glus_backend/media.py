@@ -6,7 +6,8 @@ Label Studio hands the backend URLs, not files. Which credentials a URL needs de
   URLs on the Label Studio host: Label Studio auth (Bearer access token or legacy Token);
 * cloud URIs (``s3://``, ``gs://``, ``azure-blob://``, ``azure-spi://``): Label Studio presigns (or proxies) them
   at ``/tasks/<task_id>/presign/?fileuri=<base64>``; the redirect to the bucket goes without our credentials;
-* other hosts: a plain GET (Label Studio credentials never leave Label Studio's host);
+* other hosts: a plain GET (Label Studio credentials never leave Label Studio's host), refused when the host is
+  loopback, private or link-local and not allowed (:mod:`glus_backend.url_guard`), redirects included;
 * local-files URLs, ``file://`` and plain paths are read from disk when the backend shares Label Studio's
   document root (``local_files_root``), never outside it.
 
@@ -22,12 +23,14 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
 from glus_backend.ls_client import LabelStudioClient, LabelStudioError, redact_url, send_with_retries
+from glus_backend.url_guard import AddressGuard, AddressRefused
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +145,20 @@ def _stream(resp: requests.Response, dest: Path, url: str, max_bytes: int | None
     return dest
 
 
-def _plain_get(url: str, client: LabelStudioClient | None) -> requests.Response:
-    """GET a URL on a foreign host without Label Studio credentials, with the same retry policy."""
+def _trusted(client: LabelStudioClient | None) -> Callable[[str], bool]:
+    return (lambda url: client.is_same_host(url)) if client is not None else (lambda url: False)
+
+
+def _plain_get(url: str, client: LabelStudioClient | None, guard: AddressGuard) -> requests.Response:
+    """GET a URL on a foreign host without Label Studio credentials, with the same retry policy.
+
+    The host and every redirect are checked by ``guard``; the error body of a foreign host is never quoted.
+    """
+    guard.check(url)
     timeout, retries, backoff = (client.timeout, client.retries, client.backoff) if client else (30.0, 3, 0.5)
     with requests.Session() as session:
-        return send_with_retries(session, "GET", url, retries=retries, backoff=backoff, timeout=timeout, stream=True)
+        return send_with_retries(session, "GET", url, retries=retries, backoff=backoff, timeout=timeout, stream=True,
+                                 hooks={"response": [guard.redirect_hook(_trusted(client))]}, quote_errors=False)
 
 
 def fetch_to_file(
@@ -155,11 +167,17 @@ def fetch_to_file(
     client: LabelStudioClient | None = None,
     task_id: int | None = None,
     max_bytes: int | None = None,
+    guard: AddressGuard | None = None,
 ) -> Path:
-    """Download ``url`` to exactly ``dest`` over HTTP (no cache, no disk shortcut); see the module docstring."""
+    """Download ``url`` to exactly ``dest`` over HTTP (no cache, no disk shortcut); see the module docstring.
+
+    ``guard`` is the SSRF rule (default: protection on, nothing extra allowed).
+    """
     dest = Path(dest)
     scheme = _scheme(url)
     shown = redact_url(url)
+    guard = guard or AddressGuard()
+    hooks = {"response": [guard.redirect_hook(_trusted(client))]}
     try:
         if scheme in CLOUD_SCHEMES:
             if client is None:
@@ -167,7 +185,8 @@ def fetch_to_file(
             if task_id is None:
                 raise MediaError(f"{shown}: cloud URIs are presigned per task; no task id given")
             try:
-                resp = client.request("GET", presign_path(url, task_id), stream=True, allow_redirects=True)
+                resp = client.request("GET", presign_path(url, task_id), stream=True, allow_redirects=True,
+                                      hooks=hooks)
             except LabelStudioError as exc:
                 if exc.status == 404:
                     raise MediaError(
@@ -176,17 +195,21 @@ def fetch_to_file(
                 raise
         elif scheme in ("http", "https"):
             if client is not None and client.is_same_host(url):
-                resp = client.request("GET", url, stream=True)
+                resp = client.request("GET", url, stream=True, hooks=hooks)
             else:
-                resp = _plain_get(url, client)
+                resp = _plain_get(url, client, guard)
         elif scheme == "" and url.startswith("/"):
             if client is None:
                 raise MediaError(f"{shown}: a Label Studio path needs a Label Studio client (LABEL_STUDIO_URL/API_KEY)")
-            resp = client.request("GET", url, stream=True)
+            resp = client.request("GET", url, stream=True, hooks=hooks)
         else:
             raise MediaError(f"{shown}: unsupported URL scheme {scheme or '(none)'!r}")
     except LabelStudioError as exc:
         raise _from_ls_error(url, exc) from exc
+    except AddressRefused as exc:
+        raise MediaError(str(exc), transient=False) from exc
+    except ConnectionError as exc:  # the host name does not resolve (now)
+        raise MediaError(str(exc), transient=True) from exc
     return _stream(resp, dest, url, max_bytes)
 
 
@@ -197,6 +220,7 @@ def resolve_media(
     task_id: int | None = None,
     max_bytes: int | None = None,
     local_files_root: Path | None = None,
+    guard: AddressGuard | None = None,
 ) -> Path:
     """A local path holding the media behind ``url`` (downloaded once into ``dest_dir``, cached by URL hash).
 
@@ -231,4 +255,4 @@ def resolve_media(
     if dest.is_file():
         logger.debug("cache hit for %s: %s", redact_url(url), dest)
         return _check_size(dest, url, max_bytes)
-    return fetch_to_file(url, dest, client=client, task_id=task_id, max_bytes=max_bytes)
+    return fetch_to_file(url, dest, client=client, task_id=task_id, max_bytes=max_bytes, guard=guard)

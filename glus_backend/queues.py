@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from .settings import Settings
@@ -28,6 +29,7 @@ INGEST_FUNC = "glus_backend.jobs.ingest_annotation"
 DELETE_FUNC = "glus_backend.jobs.delete_annotations"
 TRAIN_FUNC = "glus_backend.jobs.train_from_corrections"
 PENDING_MODEL_VERSION = "pending"
+FAILED_MODEL_VERSION = "failed"  # /predict's answer for a task whose job failed for good
 
 
 def _digest(*parts: Any) -> str:
@@ -39,6 +41,10 @@ def make_job_id(prefix: str, kind: str, *parts: Any) -> str:
     """``<prefix>-<kind>-<hash of parts>``: the same inputs always give the same id, and deployments (or tests)
     with other prefixes on the same Redis never share one (RQ's job keys are not prefixed)."""
     return f"{prefix}-{kind}-{_digest(*parts)}"
+
+
+class JobTooLarge(ValueError):
+    """A job's payload is over ``GLUS_MAX_JOB_BYTES`` (it would be stored in Redis for ``GLUS_RESULT_TTL``)."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,26 @@ class JobQueues:
     def enqueue(
         self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None
     ) -> Enqueued:
-        """Enqueue ``func(payload)`` under ``job_id`` unless a job with that id exists (idempotent)."""
+        """Enqueue ``func(payload)`` under ``job_id`` unless a job with that id exists (idempotent).
+
+        A job that failed for a transient reason after all its retries (Label Studio or media down, its worker
+        died) is requeued: asking again is how a user retries. Payloads over ``GLUS_MAX_JOB_BYTES`` raise
+        :class:`JobTooLarge`.
+        """
+        size = len(json.dumps(payload, default=str))
+        if size > self.settings.max_job_bytes:
+            raise JobTooLarge(f"the {kind} job would store {size} bytes, over GLUS_MAX_JOB_BYTES="
+                              f"{self.settings.max_job_bytes}")
         existing = self.fetch(job_id)
         if existing is not None:
-            return Enqueued(job_id, False, _status(existing))
+            status = _status(existing)
+            if status == JobStatus.FAILED.value and existing.meta.get("error_kind") == "transient":
+                try:
+                    self.queue(kind).failed_job_registry.requeue(job_id)
+                    return Enqueued(job_id, True, JobStatus.QUEUED.value)
+                except InvalidJobOperation:  # another request requeued it first
+                    pass
+            return Enqueued(job_id, False, status)
         claimed = self.redis.set(self.key("claim", job_id), "1", nx=True, ex=max(self.settings.result_ttl, 60))
         if not claimed:
             existing = self.fetch(job_id)
@@ -151,6 +173,14 @@ class JobQueues:
 
     def mark_posted(self, job_id: str, prediction_id: int) -> None:
         self.redis.set(self.key("posted", job_id), str(prediction_id), ex=self.settings.result_ttl)
+
+    def settle_later(self, job_id: str, task_id: int, prediction_id: int | None, model_version: str) -> None:
+        """Ask the sweeper (:mod:`glus_backend.maintenance`) to tidy this task's predictions in a few seconds."""
+        if prediction_id is None:  # nothing was posted (no Label Studio client): nothing to tidy
+            return
+        entry = json.dumps({"job_id": job_id, "task_id": task_id, "prediction_id": prediction_id,
+                            "model_version": model_version}, sort_keys=True)  # fmt: skip
+        self.redis.zadd(self.key("to-settle"), {entry: time.time()})
 
     def posted(self, job_id: str) -> int | None:
         raw = self.redis.get(self.key("posted", job_id))

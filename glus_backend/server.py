@@ -10,7 +10,10 @@ posts the real prediction through the Label Studio API and deletes the placehold
 from __future__ import annotations
 
 import functools
+import hmac
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,20 +21,28 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.job import JobStatus
+from werkzeug.exceptions import HTTPException
 
+from . import validation
 from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
 from .queues import (
     DELETE_FUNC,
+    FAILED_MODEL_VERSION,
     INGEST,
     INGEST_FUNC,
     PENDING_MODEL_VERSION,
     PREDICT,
     TRAIN,
     JobQueues,
+    JobTooLarge,
     job_view,
 )
+from .redact import redact_text, redact_url
 from .registry import ModelRegistry, NoModelError
 from .settings import Settings
+from .spool import RequestSpool, SpoolFull, SpoolReplayer
+from .validation import BadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -43,30 +54,21 @@ def _parse_config(xml: str) -> ServedConfig:
     return parse_label_config(xml)
 
 
-def _project_id(value: Any) -> int | None:
-    """Label Studio sends ``"<id>.<created_at>"`` in /predict and /setup, a dict in webhooks."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if value is None:
-        return None
-    try:
-        return int(str(value).split(".")[0])
-    except ValueError:
-        return None
-
-
 class BackendService:
-    """State of one web process: settings, Redis, queues, the model registry (read-only here)."""
+    """State of one web process: settings, Redis, queues, the model registry (read-only here), the spool."""
 
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self.queues = JobQueues(self.redis, settings)
         self.registry = ModelRegistry.from_settings(settings, self.redis)
+        self.spool = RequestSpool(settings.spool_path)
         self._version_cache: tuple[float, str] | None = None
+        self._replayer: SpoolReplayer | None = None
 
     def model_version(self) -> str:
-        """The version predictions are made with; re-read at most every 2 s (promotions switch it)."""
+        """The version predictions are made with; re-read at most every 2 s (promotions switch it). While Redis
+        is down, the last one read."""
         now = time.monotonic()
         if self._version_cache and now - self._version_cache[0] < 2.0:
             return self._version_cache[1]
@@ -75,36 +77,108 @@ class BackendService:
         except NoModelError as exc:
             logger.error("%s", exc)
             version = "no-model"
+        except RedisError:
+            if self._version_cache is None:
+                raise
+            return self._version_cache[1]
         self._version_cache = (now, version)
         return version
 
     def enqueue_prediction(self, task: dict, label_config: str, project_id: int | None, context: Any = None):
         return self.queues.enqueue_prediction(task, label_config, project_id, self.model_version(), context)
 
+    def ensure_replayer(self) -> None:
+        """One spool replayer per process (started lazily: a forking server must start it after the fork)."""
+        if self._replayer is None or self._replayer.pid != os.getpid() or not self._replayer.is_alive():
+            self._replayer = SpoolReplayer(self.spool, self.replay)
+            self._replayer.start()
 
-def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Flask:
+    def replay(self, endpoint: str, body: Any) -> None:
+        """Handle a request that was kept while Redis was down (see :mod:`glus_backend.spool`)."""
+        if endpoint == "/predict":
+            tasks, label_config, project_id, context = validation.predict_body(body)
+            for task in tasks:
+                self.enqueue_prediction(task, label_config, project_id, context)
+        elif endpoint == "/webhook":
+            action, payload = validation.webhook_body(body)
+            WEBHOOK_HANDLERS[action](self, payload)
+
+
+def _placeholder() -> dict:
+    return {"result": [], "score": 0.0, "model_version": PENDING_MODEL_VERSION}
+
+
+def create_app(settings: Settings | None = None, redis: Redis | None = None, replay_spool: bool = True) -> Flask:
+    """The web app. ``replay_spool=False`` keeps requests spooled during a Redis outage on disk (tests)."""
     settings = settings or Settings.from_env()
     service = BackendService(settings, redis)
     app = Flask("glus_backend")
     app.config["GLUS_SERVICE"] = service
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    shown_redis = redact_url(settings.redis_url)
 
     def error(message: str, status: int = 400) -> tuple[Response, int]:
         return jsonify({"status": "error", "error": message}), status
 
+    def json_body() -> Any:
+        """The parsed body; a body that is not JSON is a 400 naming why."""
+        payload = request.get_json(silent=True)
+        if payload is None and request.get_data(cache=True):
+            raise BadRequest(f"{request.path}: the body is not valid JSON")
+        return payload
+
     @app.before_request
     def _basic_auth() -> Any:
+        if replay_spool:
+            service.ensure_replayer()
         expected = settings.basic_auth
         if expected is None:
             return None
         auth = request.authorization
-        if auth is None or (auth.username, auth.password) != expected:
-            return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="glus"'})
+        given_user = (auth.username or "") if auth else ""
+        given_pass = (auth.password or "") if auth else ""
+        user_ok = hmac.compare_digest(given_user.encode(), expected[0].encode())
+        pass_ok = hmac.compare_digest(given_pass.encode(), expected[1].encode())
+        if auth is None or not (user_ok and pass_ok):
+            return Response(json.dumps({"status": "error", "error": "unauthorized"}), 401,
+                            {"WWW-Authenticate": 'Basic realm="glus"', "Content-Type": "application/json"})  # fmt: skip
         return None
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc: BadRequest) -> Any:
+        return error(str(exc))
+
+    @app.errorhandler(JobTooLarge)
+    def _job_too_large(exc: JobTooLarge) -> Any:
+        return error(str(exc), 413)
 
     @app.errorhandler(RedisError)
     def _redis_down(exc: RedisError) -> Any:
-        logger.error("Redis unreachable: %s", exc)
-        return error(f"the job queue (Redis at {settings.redis_url}) is unreachable: {exc}", 503)
+        logger.error("Redis at %s unreachable: %s", shown_redis, redact_text(str(exc)))
+        return error(f"the job queue (Redis at {shown_redis}) is unreachable: {redact_text(str(exc))}", 503)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = (f"the request body is over the limit of {settings.max_request_bytes} bytes "
+                       "(GLUS_MAX_REQUEST_BYTES)")
+        return error(message, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        logger.exception("unexpected error on %s %s", request.method, request.path)
+        return error(f"internal error ({type(exc).__name__}); see the backend's log", 500)
+
+    def spool(endpoint: str, body: Any, exc: RedisError) -> None:
+        """Keep a valid request on disk while Redis is down (:mod:`glus_backend.spool`)."""
+        try:
+            name = service.spool.put(endpoint, body)
+        except (OSError, SpoolFull) as spool_exc:
+            logger.error("cannot spool %s while Redis is down: %s", endpoint, spool_exc)
+            raise exc from spool_exc
+        logger.warning("Redis at %s unreachable (%s): %s kept as %s, enqueued when Redis is back", shown_redis,
+                       redact_text(str(exc)), endpoint, name)  # fmt: skip
 
     @app.get("/")
     @app.get("/health")
@@ -113,59 +187,62 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             service.redis.ping()
             redis_state = "ok"
         except RedisError as exc:
-            redis_state = f"unreachable: {exc}"
+            redis_state = f"unreachable at {shown_redis}: {redact_text(str(exc))}"
+        try:
+            version = service.model_version()
+        except RedisError:
+            version = "unknown"
         body = {
             "status": "UP" if redis_state == "ok" else "DOWN",
             "model_class": MODEL_CLASS,
-            "model_version": service.model_version(),
+            "model_version": version,
             "redis": redis_state,
+            "spooled_requests": service.spool.pending(),
         }
         return jsonify(body), 200 if redis_state == "ok" else 503
 
     @app.post("/setup")
     def setup() -> Any:
-        payload = request.get_json(silent=True) or {}
-        schema = payload.get("schema") or payload.get("label_config")
+        schema, project_id = validation.setup_body(json_body())
         if schema:
             try:
                 _parse_config(schema)
             except UnsupportedLabelConfig as exc:
-                logger.warning("/setup for project %s refused: %s", payload.get("project"), exc)
+                logger.warning("/setup for project %s refused: %s", project_id, exc)
                 return error(f"GLUS backend cannot serve this labeling config: {exc}")
         return jsonify({"model_version": service.model_version()})
 
     @app.post("/predict")
     def predict() -> Any:
-        payload = request.get_json(silent=True)
-        if not isinstance(payload, dict) or not isinstance(payload.get("tasks"), list):
-            return error("expected a JSON body with a 'tasks' list")
-        label_config = payload.get("label_config") or ""
+        payload = json_body()
+        tasks, label_config, project_id, context = validation.predict_body(payload)
         try:
             _parse_config(label_config)
         except UnsupportedLabelConfig as exc:
             return error(f"GLUS backend cannot serve this labeling config: {exc}")
-        context = (payload.get("params") or {}).get("context")
-        project_id = _project_id(payload.get("project"))
         results = []
-        for task in payload["tasks"]:
-            if not isinstance(task, dict) or "id" not in task:
-                return error("every task needs an 'id'")
-            enqueued = service.enqueue_prediction(task, label_config, project_id, context)
-            ready = service.queues.get_prediction(enqueued.job_id)
-            if ready is not None:
-                results.append(ready)
-            else:
-                results.append({"result": [], "score": 0.0, "model_version": PENDING_MODEL_VERSION})
+        try:
+            for task in tasks:
+                enqueued = service.enqueue_prediction(task, label_config, project_id, context)
+                results.append(_answer(service, enqueued.job_id))
+        except RedisError as exc:
+            spool("/predict", payload, exc)
+            results = [_placeholder() for _ in tasks]
         return jsonify({"results": results, "model_version": service.model_version()})
 
     @app.post("/webhook")
     def webhook() -> Any:
-        payload = request.get_json(silent=True) or {}
-        action = payload.get("action")
-        handler = WEBHOOK_HANDLERS.get(action)
+        action, payload = validation.webhook_body(json_body())
+        handler = WEBHOOK_HANDLERS.get(action or "")
         if handler is None:
             return jsonify({"status": "ignored", "action": action}), 200
-        return jsonify({"status": "ok", "action": action, **handler(service, payload)}), 201
+        validation.webhook_parts(action, payload)
+        try:
+            return jsonify({"status": "ok", "action": action, **handler(service, payload)}), 201
+        except RedisError as exc:
+            spool("/webhook", payload, exc)
+            return jsonify({"status": "accepted", "action": action,
+                            "note": "Redis is unreachable: the event is kept and handled when Redis is back"}), 202
 
     @app.get("/metrics")
     def metrics() -> Any:
@@ -173,12 +250,14 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
 
         workers = Worker.all(connection=service.redis)
         names = {service.queues.name(k) for k in (PREDICT, INGEST, TRAIN)}
-        ours = [w for w in workers if names & set(w.queue_names())]
+        # a worker whose heartbeat lapsed is dead even before the registry is cleaned
+        ours = [w for w in workers if names & set(w.queue_names()) and service.redis.exists(w.key)]
         return jsonify(
             {
                 "model_version": service.model_version(),
                 "queues": service.queues.counts(),
                 "workers": len(ours),
+                "spooled_requests": service.spool.pending(),
             }
         )
 
@@ -192,6 +271,18 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     return app
 
 
+def _answer(service: BackendService, job_id: str) -> dict:
+    """What /predict returns for a task: the stored prediction, an empty ``failed`` one for a job that failed for
+    good (GET /jobs/<id> says why; the sweeper removes its placeholders), or a ``pending`` placeholder."""
+    ready = service.queues.get_prediction(job_id)
+    if ready is not None:
+        return ready
+    job = service.queues.fetch(job_id)
+    if job is not None and job.get_status(refresh=False) == JobStatus.FAILED:
+        return {"result": [], "score": 0.0, "model_version": FAILED_MODEL_VERSION}
+    return _placeholder()
+
+
 # --- webhook actions ---
 def _on_tasks_created(service: BackendService, payload: dict) -> dict:
     if not service.settings.prelabel_on_import:
@@ -202,7 +293,9 @@ def _on_tasks_created(service: BackendService, payload: dict) -> dict:
         _parse_config(label_config)
     except UnsupportedLabelConfig as exc:
         return {"enqueued": 0, "error": str(exc)}
-    jobs = [service.enqueue_prediction(t, label_config, _project_id(project)).job_id for t in payload.get("tasks", [])]
+    project_id = validation.project_ref(project or None, "TASKS_CREATED")
+    tasks = validation.tasks(payload, "TASKS_CREATED")
+    jobs = [service.enqueue_prediction(t, label_config, project_id).job_id for t in tasks]
     return {"enqueued": len(jobs), "jobs": jobs}
 
 
@@ -225,7 +318,7 @@ def _on_annotation(service: BackendService, payload: dict) -> dict:
 
 
 def _on_annotations_deleted(service: BackendService, payload: dict) -> dict:
-    ids = [a.get("id") for a in payload.get("annotations", []) if isinstance(a, dict)]
+    ids = [a.get("id") for a in payload.get("annotations") or [] if isinstance(a, dict)]
     project = payload.get("project") or {}
     job_id = service.queues.job_id("delete", ids, time.time())
     enqueued = service.queues.enqueue(
@@ -243,7 +336,7 @@ def _on_start_training(service: BackendService, payload: dict) -> dict:
     """Label Studio's "Start training" (``POST /api/ml/<id>/train``): the payload holds only the project."""
     from .training import enqueue_training
 
-    project_id = _project_id(payload.get("project") or {})
+    project_id = validation.project_ref(payload.get("project"), "START_TRAINING")
     if project_id is None:
         return {"error": "START_TRAINING without a project id"}
     enqueued = enqueue_training(service.queues, int(project_id), "START_TRAINING")

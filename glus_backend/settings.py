@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .prompts import DEFAULT_EXPRESSION_FIELDS
+from .redact import redact_url
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -60,6 +61,14 @@ class Settings:
     job_retries: int = 3  # GLUS_JOB_RETRIES: retries of transient failures (media fetch, Label Studio API)
     retry_intervals: tuple[int, ...] = (5, 30, 120)  # GLUS_RETRY_INTERVALS (seconds, comma separated)
     result_ttl: int = 7 * 24 * 3600  # GLUS_RESULT_TTL: seconds finished predictions stay in the result store
+    # --- reliability and limits ---
+    heartbeat_ttl: int = 30  # GLUS_HEARTBEAT_TTL: a worker silent this long is dead; its job is retried or failed
+    sweep_interval: int = 15  # GLUS_SWEEP_INTERVAL: seconds between sweeps (stale placeholders, unposted results)
+    max_request_bytes: int = 32 * 1024**2  # GLUS_MAX_REQUEST_BYTES: larger request bodies get 413
+    max_job_bytes: int = 4 * 1024**2  # GLUS_MAX_JOB_BYTES: the most one job may store in Redis (its payload)
+    ssrf_protection: bool = True  # GLUS_SSRF_PROTECTION: refuse media on loopback/private/link-local addresses
+    media_allowed_hosts: tuple[str, ...] = ()  # GLUS_MEDIA_ALLOWED_HOSTS: hosts or CIDRs exempt from that rule
+    spool_dir: Path | None = None  # GLUS_SPOOL_DIR: requests kept while Redis is down (MODEL_DIR/spool)
     # --- learning from corrections ---
     train_every: int = 0  # GLUS_TRAIN_EVERY: enqueue a training run every N corrections (0: only on request)
     train_steps: int = 200  # GLUS_TRAIN_STEPS: optimizer steps of one fine-tuning run
@@ -107,6 +116,14 @@ class Settings:
             job_retries=int(_env("GLUS_JOB_RETRIES", default="3")),
             retry_intervals=tuple(int(x) for x in intervals.split(",")) if intervals else cls.retry_intervals,
             result_ttl=int(_env("GLUS_RESULT_TTL", default=str(7 * 24 * 3600))),
+            heartbeat_ttl=int(_env("GLUS_HEARTBEAT_TTL", default="30")),
+            sweep_interval=int(_env("GLUS_SWEEP_INTERVAL", default="15")),
+            max_request_bytes=int(_env("GLUS_MAX_REQUEST_BYTES", default=str(32 * 1024**2))),
+            max_job_bytes=int(_env("GLUS_MAX_JOB_BYTES", default=str(4 * 1024**2))),
+            ssrf_protection=_bool(_env("GLUS_SSRF_PROTECTION"), True),
+            media_allowed_hosts=tuple(h.strip() for h in (_env("GLUS_MEDIA_ALLOWED_HOSTS") or "").split(",")
+                                      if h.strip()),
+            spool_dir=Path(spool) if (spool := _env("GLUS_SPOOL_DIR")) else None,
             train_every=int(_env("GLUS_TRAIN_EVERY", default="0")),
             train_steps=int(_env("GLUS_TRAIN_STEPS", default="200")),
             train_lr=float(_env("GLUS_TRAIN_LR", default="3e-4")),
@@ -117,6 +134,10 @@ class Settings:
             gate_tolerance=float(_env("GLUS_GATE_TOLERANCE", default="0.0")),
             relabel_on_promote=_bool(_env("GLUS_RELABEL_ON_PROMOTE"), False),
         )
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.model_dir / "spool"
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -131,5 +152,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("label_studio_api_key", "basic_auth_pass") and value:
                 value = "***"
+            elif f.name in ("redis_url", "label_studio_url", "model_store", "checkpoint") and value:
+                value = redact_url(str(value))
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out

@@ -13,12 +13,14 @@ with the readable reason in the job's ``meta["error"]`` that ``GET /jobs/<id>`` 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +29,11 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
+from rq.worker import WorkerStatus
 
+from .maintenance import Heartbeat, Maintenance
 from .queues import QUEUE_KINDS, JobQueues
+from .redact import redact_text
 from .registry import ModelRegistry, ModelVersion
 from .settings import Settings
 
@@ -66,6 +71,7 @@ class WorkerRuntime:
         self.device = device or settings.device
         self._loaded: LoadedModel | None = None
         self._client = None
+        self._sweep_client = None
 
     def model(self) -> LoadedModel:
         """The model of the version served (Redis, shared by every host), (re)loaded if it changed."""
@@ -101,6 +107,15 @@ class WorkerRuntime:
                                            settings.sam2_config, version.deltas)  # fmt: skip
         return VideoSegmenter(model, tokenizer, device=device)
 
+    def sweep_client(self):
+        """A Label Studio client for the sweeper: short timeout and no retries, so maintenance never stalls."""
+        if self._sweep_client is None and self.settings.label_studio_url and self.settings.label_studio_api_key:
+            from .ls_client import LabelStudioClient
+
+            self._sweep_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key,
+                                                   timeout=5.0, retries=0)  # fmt: skip
+        return self._sweep_client
+
     def label_studio(self):
         """A Label Studio client from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, or None if not configured."""
         if self._client is None and self.settings.label_studio_url and self.settings.label_studio_api_key:
@@ -118,15 +133,44 @@ def current_runtime() -> WorkerRuntime:
 
 
 class GlusWorker(SimpleWorker):
-    """SimpleWorker that exposes its :class:`WorkerRuntime` to jobs and classifies failures."""
+    """SimpleWorker that exposes its :class:`WorkerRuntime` to jobs, classifies failures, and heartbeats from a
+    thread while a job runs (a SimpleWorker alone beats only between jobs, so a dead one looked busy for the whole
+    job timeout)."""
 
     runtime: WorkerRuntime
+    heartbeat_thread: Heartbeat | None = None
+    threads: tuple = ()
+
+    def register_birth(self) -> None:
+        """Registered in Redis: now the heartbeat and maintenance threads may start (earlier, a beat would create
+        the worker's key and RQ would refuse the name as taken)."""
+        super().register_birth()
+        for thread in self.threads:
+            if not thread.is_alive():
+                thread.start()
+
+    def heartbeat_ttl(self) -> int:
+        return int(self.runtime.settings.heartbeat_ttl)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """Every beat lasts ``GLUS_HEARTBEAT_TTL`` at most: the heartbeat thread renews it three times as often."""
+        return super().heartbeat(min(timeout or self.heartbeat_ttl(), self.heartbeat_ttl()), pipeline=pipeline)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl()
 
     def execute_job(self, job: Job, queue: Queue) -> Any:
         token = _RUNTIME.set(self.runtime)
+        beat = self.heartbeat_thread
         try:
-            return super().execute_job(job, queue)
+            execution = self.prepare_execution(job)
+            if beat is not None:
+                beat.running = (job, execution)
+            self.perform_job(job, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
         finally:
+            if beat is not None:
+                beat.running = None
             _RUNTIME.reset(token)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> Any:
@@ -152,19 +196,53 @@ def run_worker(
     device: str | None = None,
     name: str | None = None,
 ) -> bool:
-    """Run one worker in this process until stopped (or, with ``burst``, until the queues are empty)."""
-    redis = Redis.from_url(settings.redis_url)
+    """Run one worker in this process until stopped (or, with ``burst``, until the queues are empty).
+
+    The model is loaded once. If Redis goes away (restart, network), RQ's loop ends; the worker then waits for
+    Redis and starts a fresh RQ worker on the same model: a job cut off mid-way is retried by the maintenance
+    leader once its heartbeat lapses. Heartbeats, retries and reaping run in threads of this process
+    (:mod:`glus_backend.maintenance`), so nothing outlives it.
+    """
+    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     runtime = WorkerRuntime(settings, redis, device)
     loaded = runtime.model()  # load once, now: a broken checkpoint fails the worker start, not a job
     logger.info("worker ready with model %s", loaded.version.version)
     job_queues = JobQueues(redis, settings)
-    worker = GlusWorker(
-        [job_queues.queue(k) for k in queues],
-        connection=redis,
-        name=name or f"glus-{socket.gethostname()}-{os.getpid()}",
-    )
-    worker.runtime = runtime
-    return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    base_name = name or f"glus-{socket.gethostname()}-{os.getpid()}"
+    for generation in itertools.count():
+        worker = GlusWorker(
+            [job_queues.queue(k) for k in queues],
+            connection=redis,
+            name=base_name if generation == 0 else f"{base_name}-r{generation}",
+            worker_ttl=settings.heartbeat_ttl,
+        )
+        worker.runtime = runtime
+        worker.max_connection_wait_time = 5.0  # an idle worker reconnects within seconds of Redis coming back
+        threads = (Heartbeat(worker, settings.heartbeat_ttl), Maintenance(worker, job_queues, runtime.sweep_client))
+        worker.heartbeat_thread, worker.threads = threads[0], threads
+        try:
+            worked = worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+        except RedisError as exc:
+            logger.error("worker %s lost Redis (%s)", worker.name, redact_text(str(exc)))
+            worked = False
+        finally:
+            for thread in threads:
+                thread.stop()
+        if burst or worker._stop_requested:
+            return worked
+        logger.warning("worker %s stopped unexpectedly; waiting for Redis to start again", worker.name)
+        _wait_for_redis(redis)
+    return False
+
+
+def _wait_for_redis(redis: Redis, interval: float = 1.0, max_interval: float = 5.0) -> None:
+    while True:
+        try:
+            redis.ping()
+            return
+        except RedisError:
+            time.sleep(interval)
+            interval = min(interval * 2, max_interval)
 
 
 def run_worker_pool(argv_base: list[str], devices: list[str]) -> int:

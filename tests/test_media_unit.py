@@ -25,6 +25,7 @@ from glus_backend.ls_client import (
     redact_url,
 )
 from glus_backend.media import MediaError, cache_path, fetch_to_file, presign_path, resolve_media
+from glus_backend.url_guard import AddressGuard
 
 BODY = bytes(range(256)) * 40  # 10 240 bytes
 
@@ -269,7 +270,7 @@ def test_other_errors_fail_at_once(fake, code: int) -> None:
         client.request("GET", f"/status/{code}")
     assert not err.value.transient and err.value.status == code
     assert state.counts[f"/status/{code}"] == 1 and sleeps == []
-    assert f"GET {url}/status/{code} -> HTTP {code}" in str(err.value) and '"detail":"x"' in str(err.value)
+    assert f"GET {url}/status/{code} -> HTTP {code}" in str(err.value) and '"detail": "x"' in str(err.value)
 
 
 def test_read_timeout_retried_for_get_but_not_for_post(fake) -> None:
@@ -330,9 +331,12 @@ def test_foreign_host_gets_no_credentials(fake, tmp_path: Path) -> None:
     state, url = fake
     client, _ = client_for(url, LEGACY)
     foreign = url.replace("127.0.0.1", "localhost") + "/public/clip.mp4?sig=secret"
-    assert resolve_media(foreign, client, tmp_path).read_bytes() == BODY
+    with pytest.raises(MediaError, match="loopback"):  # "localhost" is internal: refused unless allowed
+        resolve_media(foreign, client, tmp_path)
+    allow = AddressGuard(allowed=("localhost",))
+    assert resolve_media(foreign, client, tmp_path, guard=allow).read_bytes() == BODY
     assert state.log[-1] == ("GET", "/public/clip.mp4?sig=secret", None)
-    assert resolve_media(foreign + "2", None, tmp_path).read_bytes() == BODY  # no client needed either
+    assert resolve_media(foreign + "2", None, tmp_path, guard=allow).read_bytes() == BODY  # no client needed either
 
 
 def test_max_bytes_with_and_without_content_length(fake, tmp_path: Path) -> None:
@@ -415,7 +419,9 @@ def test_cloud_uri_presign_follows_redirect_without_credentials(fake, tmp_path: 
     state, url = fake
     client, _ = client_for(url, LEGACY)
     assert presign_path("s3://bucket/v.mp4", 7) == "/tasks/7/presign/?fileuri=czM6Ly9idWNrZXQvdi5tcDQ="
-    path = resolve_media("s3://bucket/v.mp4", client, tmp_path, task_id=7)
+    with pytest.raises(MediaError, match="loopback.*a redirect from"):  # each redirect hop is checked
+        resolve_media("s3://bucket/v.mp4", client, tmp_path, task_id=7)
+    path = resolve_media("s3://bucket/v.mp4", client, tmp_path, task_id=7, guard=AddressGuard(allowed=("localhost",)))
     assert path.read_bytes() == BODY and path.name.endswith("__v.mp4")
     auth_by_path = {urlsplit(p).path: a for _, p, a in state.log}
     assert auth_by_path["/tasks/7/presign/"] == f"Token {LEGACY}"

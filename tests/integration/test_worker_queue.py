@@ -61,6 +61,7 @@ def env(redis_prefix, tmp_path, tiny):
         "GLUS_JOB_RETRIES": "1",
         "GLUS_RETRY_INTERVALS": "0",
         "GLUS_MAX_FRAMES": "10",
+        "GLUS_MEDIA_ALLOWED_HOSTS": "127.0.0.1",  # the "unreachable" case: a closed port, allowed on purpose
     }
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -119,6 +120,7 @@ def test_predictions_and_bad_input_through_real_workers(env):
         "unreachable": ({"id": 4, "data": {"video": "http://127.0.0.1:9/v.mp4", "prompt": "x"}}, VIDEO_CONFIG),
         "corrupt": ({"id": 5, "data": {"video": "/data/local-files/?d=corrupt.mp4", "prompt": "x"}}, VIDEO_CONFIG),
         "too_long": ({"id": 6, "data": {"video": "/data/local-files/?d=long.mp4", "prompt": "x"}}, VIDEO_CONFIG),
+        "internal": ({"id": 7, "data": {"video": "http://127.0.0.2:6379/INFO", "prompt": "x"}}, VIDEO_CONFIG),
     }
     assert _predict(client, good, FRAMES_CONFIG)["model_version"] == "pending"
     assert _predict(client, good, FRAMES_CONFIG)["model_version"] == "pending"  # asked twice: one job
@@ -144,6 +146,7 @@ def test_predictions_and_bad_input_through_real_workers(env):
         "unreachable": ("transient", "127.0.0.1:9"),
         "corrupt": ("permanent", "corrupt.mp4"),
         "too_long": ("permanent", "over the limit of 10"),
+        "internal": ("permanent", "127.0.0.2 is a loopback address"),
     }
     for name, (task, config) in cases.items():
         view = client.get(f"/jobs/{_job_id(env, task, config)}").get_json()
