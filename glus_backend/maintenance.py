@@ -24,15 +24,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.scripts import acquire_or_refresh_lock
 from rq.worker_registration import clean_worker_registry
 
 from .ls_client import LabelStudioClient, LabelStudioError
 from .queues import PENDING_MODEL_VERSION, PREDICT, QUEUE_KINDS, JobQueues
+from .redact import redact_text
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SETTLE_DELAY = 5.0  # seconds after a prediction is posted before its task is tidied (late /predict answers)
 MAX_SWEEP_REQUEUES = 20  # times an unposted prediction is re-sent after Label Studio came back
+FULL_CLEAN_INTERVAL = 60.0  # seconds between cleanings of the finished/failed/... registries (expiry only)
 SWEEP_BATCH = 50  # tasks one sweep touches at most (the leader lock is refreshed between batches)
 
 
@@ -58,11 +60,18 @@ class _Ticker(threading.Thread):
         raise NotImplementedError
 
     def run(self) -> None:
+        failing = False
         while not self._stopped.is_set():
             try:
                 self.step()
-            except RedisError as exc:
-                logger.warning("%s: Redis unreachable (%s); retrying in %.0f s", self.name, exc, self.interval)
+                if failing:
+                    logger.info("%s: Redis is back", self.name)
+                failing = False
+            except RedisError as exc:  # said once per outage, not every tick
+                (logger.debug if failing else logger.warning)(
+                    "%s: Redis unreachable (%s); retrying every %.0f s", self.name, redact_text(str(exc)), self.interval
+                )
+                failing = True
             except Exception:  # noqa: BLE001 - a maintenance thread must never die
                 logger.exception("%s: step failed", self.name)
             self._stopped.wait(self.interval)
@@ -100,6 +109,7 @@ class Maintenance(_Ticker):
         self.names = [queues.name(k) for k in QUEUE_KINDS]
         self.sweeper = Sweeper(queues, client_factory)
         self._last_sweep = 0.0
+        self._last_full_clean = 0.0
 
     def is_leader(self) -> bool:
         lock = self.queues.key("maintenance-leader")
@@ -121,23 +131,45 @@ class Maintenance(_Ticker):
         scheduler.enqueue_scheduled_jobs()
 
     def reap(self) -> None:
-        """Abandoned jobs (no heartbeat for ``GLUS_HEARTBEAT_TTL``) are retried or failed; dead workers forgotten."""
+        """Abandoned jobs (no heartbeat for ``GLUS_HEARTBEAT_TTL``) are retried or failed; dead workers forgotten;
+        every minute, the other registries are cleaned as RQ's workers would (they leave it to the leader)."""
+        handlers = [note_abandoned(self.settings.heartbeat_ttl)]
+        full = time.monotonic() - self._last_full_clean >= FULL_CLEAN_INTERVAL
         for kind in QUEUE_KINDS:
             queue = self.queues.queue(kind)
-            StartedJobRegistry(queue=queue).cleanup(exception_handlers=[self._abandoned])
+            if full:
+                clean_registries(queue, handlers)
+            else:
+                StartedJobRegistry(queue=queue).cleanup(exception_handlers=handlers)
             queue.intermediate_queue.cleanup(self.worker, queue)
             clean_worker_registry(queue)
+        if full:
+            self._last_full_clean = time.monotonic()
 
-    def _abandoned(self, job: Job, *exc_info: Any) -> None:
+
+def note_abandoned(heartbeat_ttl: int) -> Any:
+    """An RQ exception handler that gives an abandoned job (its worker's lease lapsed) a readable reason.
+
+    RQ also reaps, without a reason, wherever a started registry is counted or cleaned with its defaults; this
+    backend's workers leave registry cleaning to the leader, and its counts skip that cleaning. Other failures pass
+    through untouched.
+    """
+
+    def handler(job: Job, exc_type: Any = None, *rest: Any) -> None:
+        if exc_type is not AbandonedJobError:
+            return None
         retry = bool(job.retries_left and job.retries_left > 0)
         job.meta["error"] = (
-            f"the worker running this job stopped sending heartbeats for {self.settings.heartbeat_ttl} s "
+            f"the worker running this job stopped sending heartbeats for {heartbeat_ttl} s "
             f"(GLUS_HEARTBEAT_TTL): it was killed, ran out of memory or lost Redis; "
             + (f"retried ({job.retries_left - 1} retries left after this one)" if retry else "no retries left")
         )
         job.meta["error_kind"] = "transient"
         job.save_meta()
         logger.warning("job %s abandoned: %s", job.id, job.meta["error"])
+        return None
+
+    return handler
 
 
 class Sweeper:

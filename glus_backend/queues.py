@@ -193,7 +193,8 @@ class JobQueues:
             q = self.queue(kind)
             out[kind] = {
                 "queued": q.count,
-                "started": q.started_job_registry.count,
+                # without RQ's implicit cleanup: reaping abandoned jobs is the workers' job (it records why)
+                "started": q.started_job_registry.get_job_count(cleanup=False),
                 "scheduled": q.scheduled_job_registry.count,
                 "finished": q.finished_job_registry.count,
                 "failed": q.failed_job_registry.count,
@@ -221,6 +222,8 @@ def job_view(job: Job) -> dict:
         "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         "retries_left": job.retries_left,
     }
+    if job.meta.get("previous_error"):
+        view["previous_error"] = job.meta["previous_error"]
     if job.meta.get("error"):
         view["error"] = job.meta["error"]
         view["error_kind"] = job.meta.get("error_kind")

@@ -20,7 +20,9 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from rq.job import JobStatus
 from werkzeug.exceptions import HTTPException
 
@@ -59,7 +61,9 @@ class BackendService:
 
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
+        # fail fast when Redis is down (Label Studio waits 1 s for webhooks and health): one quick retry only
+        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,
+                                             retry=Retry(NoBackoff(), 1))  # fmt: skip
         self.queues = JobQueues(self.redis, settings)
         self.registry = ModelRegistry.from_settings(settings, self.redis)
         self.spool = RequestSpool(settings.spool_path)
@@ -116,16 +120,21 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
     app.config["GLUS_SERVICE"] = service
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     shown_redis = redact_url(settings.redis_url)
+    if replay_spool:  # now (requests left from a previous run), and again per process after a fork (before_request)
+        service.ensure_replayer()
 
     def error(message: str, status: int = 400) -> tuple[Response, int]:
         return jsonify({"status": "error", "error": message}), status
 
     def json_body() -> Any:
         """The parsed body; a body that is not JSON is a 400 naming why."""
-        payload = request.get_json(silent=True)
-        if payload is None and request.get_data(cache=True):
-            raise BadRequest(f"{request.path}: the body is not valid JSON")
-        return payload
+        raw = request.get_data(cache=True)
+        if not raw:
+            raise BadRequest(f"{request.path}: the body is empty (expected JSON)")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
+            raise BadRequest(f"{request.path}: the body is not valid JSON ({type(exc).__name__})") from None
 
     @app.before_request
     def _basic_auth() -> Any:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from .maintenance import Heartbeat, Maintenance
@@ -149,6 +150,11 @@ class GlusWorker(SimpleWorker):
             if not thread.is_alive():
                 thread.start()
 
+    def run_maintenance_tasks(self) -> None:
+        """RQ's own registry cleaning and scheduler are replaced by the maintenance leader
+        (:class:`~glus_backend.maintenance.Maintenance`): one reaper at a time, with a reason on every reaped job."""
+        self.last_cleaned_at = now()
+
     def heartbeat_ttl(self) -> int:
         return int(self.runtime.settings.heartbeat_ttl)
 
@@ -163,6 +169,10 @@ class GlusWorker(SimpleWorker):
         token = _RUNTIME.set(self.runtime)
         beat = self.heartbeat_thread
         try:
+            if job.meta.get("error"):  # a retry: the last failure stays visible as history, not as the status
+                job.meta["previous_error"] = job.meta.pop("error")
+                job.meta.pop("error_kind", None)
+                job.save_meta()
             execution = self.prepare_execution(job)
             if beat is not None:
                 beat.running = (job, execution)
@@ -228,11 +238,21 @@ def run_worker(
         finally:
             for thread in threads:
                 thread.stop()
-        if burst or worker._stop_requested:
+            _stop_pubsub(worker)
+        if burst or worker._shutdown_requested_date is not None:  # SIGTERM/SIGINT (RQ's warm shutdown)
             return worked
         logger.warning("worker %s stopped unexpectedly; waiting for Redis to start again", worker.name)
         _wait_for_redis(redis)
     return False
+
+
+def _stop_pubsub(worker: GlusWorker) -> None:
+    """RQ's teardown unsubscribes only if Redis answers; a worker that lost Redis would leave its command thread
+    retrying forever beside its successor."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None and thread.is_alive():
+        thread.stop()
+        thread.join(timeout=5)
 
 
 def _wait_for_redis(redis: Redis, interval: float = 1.0, max_interval: float = 5.0) -> None:

@@ -33,6 +33,9 @@ def test_compose_services_and_gpu_reservation():
     for name in ("web", "worker"):
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
     assert services["web"]["build"]["dockerfile"] == "docker/Dockerfile.web"
+    for name in ("redis", "web", "worker", "label-studio"):  # a crashed service comes back by itself
+        assert services[name]["restart"] == "unless-stopped", name
+    assert "--appendonly" in services["redis"]["command"]  # jobs survive a Redis restart
 
 
 def test_env_example_covers_label_studio_switches_and_backend_settings():

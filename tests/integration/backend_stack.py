@@ -44,9 +44,10 @@ def responds(url: str) -> bool:
 
 
 @contextmanager
-def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str] | None = None) -> Iterator[dict]:
-    """Start web + worker with ``MODEL_DIR=tmp/model_dir`` (``env`` adds or overrides settings); yields
-    ``{"url", "ls", "tmp", "logs", "redis", "prefix", "version", "env"}``."""
+def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str] | None = None, workers: int = 1
+                    ) -> Iterator[dict]:  # fmt: skip
+    """Start web + ``workers`` workers with ``MODEL_DIR=tmp/model_dir`` (``env`` adds or overrides settings); yields
+    ``{"url", "ls", "tmp", "logs", "redis", "prefix", "version", "env", "web", "workers", "start_worker"}``."""
     prefix = f"glustest{uuid.uuid4().hex[:10]}"
     port = free_port()
     full_env = {
@@ -70,17 +71,26 @@ def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str]
         stdout=open(logs / "web.log", "w"),
         stderr=subprocess.STDOUT,
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "glus_backend.cli", "worker", "--device", "cpu"],
-        env=full_env,
-        stdout=open(logs / "worker.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    worker_procs: list[subprocess.Popen] = []
+
+    def start_worker() -> subprocess.Popen:
+        name = "worker.log" if not worker_procs else f"worker{len(worker_procs) + 1}.log"
+        worker_procs.append(subprocess.Popen(
+            [sys.executable, "-m", "glus_backend.cli", "worker", "--device", "cpu"],
+            env=full_env,
+            stdout=open(logs / name, "a"),
+            stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        return worker_procs[-1]
+
+    for _ in range(workers):
+        start_worker()
     url = f"http://127.0.0.1:{port}"
     redis = Redis.from_url(redis_url)
     try:
         wait_for(lambda: responds(url + "/health"), 60, "the backend web process")
-        wait_for(lambda: requests.get(url + "/metrics", timeout=2).json()["workers"] > 0, 120, "the worker")
+        wait_for(lambda: requests.get(url + "/metrics", timeout=2).json()["workers"] >= workers, 120 * workers,
+                 "the workers")  # fmt: skip
         yield {
             "url": url,
             "ls": label_studio,
@@ -90,11 +100,15 @@ def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str]
             "prefix": prefix,
             "version": requests.get(url + "/health").json()["model_version"],
             "env": full_env,
+            "web": web,
+            "workers": worker_procs,
+            "start_worker": start_worker,
         }
     finally:
-        for proc in (web, worker):
-            proc.terminate()
-        for proc in (web, worker):
+        for proc in (web, *worker_procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in (web, *worker_procs):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
