@@ -258,9 +258,11 @@ def phase_worker(args: argparse.Namespace) -> dict:
         if keys:
             redis.delete(*keys)
     result = ready["results"][0]
+    gaps = [float(g) for g in re.findall(r"longest heartbeat gap ([0-9.]+) s", output)]
     return {"first": first["results"][0]["model_version"], "model_version": result["model_version"],
             "setup_model_version": setup.get("model_version"), "results": len(result["result"]),
-            "frames": len(urls), "worker_seconds": seconds, "peak_rss": peak}  # fmt: skip
+            "frames": len(urls), "worker_seconds": seconds, "peak_rss": peak,
+            "longest_heartbeat_gap_s": max(gaps) if gaps else None}  # fmt: skip
 
 
 def _video_clip(video: Path, frames: int):
@@ -425,7 +427,8 @@ def report(args: argparse.Namespace, results: dict) -> None:
         worker = results["worker"]
         print(f"worker: prediction {worker['model_version']} ({worker['results']} results, {worker['frames']} "
               f"frames; /setup says {worker['setup_model_version']}) in {worker['worker_seconds']:.0f} s; "
-              f"peak RSS {worker['peak_rss'] / gb:.2f} GB")
+              f"peak RSS {worker['peak_rss'] / gb:.2f} GB; longest gap between the worker's heartbeats during the "
+              f"job {worker['longest_heartbeat_gap_s']} s (GLUS_HEARTBEAT_TTL default 30 s)")
 
 
 if __name__ == "__main__":

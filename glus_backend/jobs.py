@@ -226,6 +226,8 @@ def _annotation_path(model_dir: Path, project_id: Any, task_id: Any, annotation_
 def ingest_annotation(payload: dict) -> dict:
     """Store an annotator's submitted or updated annotation (re-submission replaces it)."""
     runtime = current_runtime()
+    if payload.get("by_reference"):
+        payload = _annotation_from_label_studio(runtime, payload)
     annotation = payload.get("annotation") or {}
     task = payload.get("task") or {}
     project = payload.get("project") or {}
@@ -241,6 +243,19 @@ def ingest_annotation(payload: dict) -> dict:
     if project.get("id") is not None and not annotation.get("was_cancelled"):
         summary.update(_add_to_correction_set(runtime, int(project["id"]), task, annotation, project))
     return {**summary, **_count_correction(runtime, project.get("id"))}
+
+
+def _annotation_from_label_studio(runtime: WorkerRuntime, payload: dict) -> dict:
+    """The webhook body of an annotation too large to store in a job (GLUS_MAX_JOB_BYTES), read back by id."""
+    client = runtime.label_studio()
+    if client is None:
+        raise PermanentJobError("a large annotation is read from Label Studio: set LABEL_STUDIO_URL and _API_KEY")
+    annotation = client.request("GET", f"/api/annotations/{int(payload['annotation']['id'])}").json()
+    task = client.get_task(int(payload["task"]["id"]))
+    project = client.get_project(int(payload["project"]["id"])) if payload["project"].get("id") is not None else {}
+    return {"action": payload.get("action"), "annotation": annotation,
+            "task": {"id": task["id"], "data": task.get("data")},
+            "project": {"id": project.get("id"), "label_config": project.get("label_config")}}  # fmt: skip
 
 
 def _add_to_correction_set(runtime: WorkerRuntime, project_id: int, task: dict, annotation: dict, project: dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -107,10 +108,28 @@ class LabelStudioServer:
             LATEST_VERSION_CHECK="false",
             PYTHONUNBUFFERED="1",
         )
+        env["SECRET_KEY"] = self._secret_key()
         if self.legacy_tokens:
             env.update(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_USER_TOKEN=LEGACY_TOKEN)
         env.update({k: str(v) for k, v in self._extra_env.items()})
         return env
+
+    def _secret_key(self) -> str:
+        """A SECRET_KEY kept in the workdir, so that a restart keeps every token valid. Label Studio 1.23.2 writes
+        its own to ``<data-dir>/.env``, but django-environ reads a value starting with ``$`` as a reference to
+        another variable: one generated key in 50 is lost at the next start, and with it every access token."""
+        path = self.workdir / "secret_key"
+        if not path.is_file():
+            # a data dir from before this file existed: keep the key Label Studio has been using, if it can read it
+            env_file = self.data_dir / ".env"
+            known = [line.split("=", 1)[1] for line in (env_file.read_text().splitlines() if env_file.is_file() else [])
+                     if line.startswith("SECRET_KEY=")]  # fmt: skip
+            key = known[-1] if known and not known[-1].startswith("$") else secrets.token_urlsafe(48)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key)
+        return path.read_text().strip()
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

@@ -88,6 +88,8 @@ class Heartbeat(_Ticker):
         self.worker = worker
         self.ttl = ttl
         self.running: tuple[Job, Execution] | None = None
+        self.longest_gap = 0.0  # seconds between two beats, since the last reset (a GIL held too long shows here)
+        self._last_beat: float | None = None
 
     def step(self) -> None:
         running = self.running
@@ -95,6 +97,19 @@ class Heartbeat(_Ticker):
             self.worker.heartbeat(self.ttl)
         else:
             self.worker.maintain_heartbeats(*running)
+        beat = time.monotonic()
+        if self._last_beat is not None:
+            self.longest_gap = max(self.longest_gap, beat - self._last_beat)
+        self._last_beat = beat
+
+    def report_and_reset(self, job_id: str) -> None:
+        """Log the longest gap between beats during a job; warn when it came near the lease."""
+        gap, self.longest_gap = self.longest_gap, 0.0
+        late = gap > self.ttl / 2
+        (logger.warning if late else logger.info)(
+            "job %s: longest heartbeat gap %.1f s (beat every %.1f s, lease %d s)%s", job_id, gap, self.interval,
+            self.ttl, "; raise GLUS_HEARTBEAT_TTL: something held the interpreter lock" if late else "",
+        )
 
 
 class Maintenance(_Ticker):

@@ -320,6 +320,10 @@ def _on_annotation(service: BackendService, payload: dict) -> dict:
     }
     stamp = annotation.get("updated_at") or annotation.get("created_at") or time.time()
     job_id = service.queues.job_id(INGEST, task.get("id"), annotation.get("id"), stamp)
+    if len(json.dumps(body, default=str)) > service.settings.max_job_bytes:
+        # a long video's per-frame masks: keep the ids only, the worker reads the rest from Label Studio
+        body = {"action": body["action"], "by_reference": True, "annotation": {"id": annotation.get("id")},
+                "task": {"id": task.get("id")}, "project": {"id": project.get("id")}}  # fmt: skip
     enqueued = service.queues.enqueue(
         INGEST, INGEST_FUNC, job_id, body, 600, meta={"task_id": task.get("id"), "annotation_id": annotation.get("id")}
     )

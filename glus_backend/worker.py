@@ -181,6 +181,7 @@ class GlusWorker(SimpleWorker):
         finally:
             if beat is not None:
                 beat.running = None
+                beat.report_and_reset(job.id)
             _RUNTIME.reset(token)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> Any:
@@ -241,7 +242,8 @@ def run_worker(
             _stop_pubsub(worker)
         if burst or worker._shutdown_requested_date is not None:  # SIGTERM/SIGINT (RQ's warm shutdown)
             return worked
-        logger.warning("worker %s stopped unexpectedly; waiting for Redis to start again", worker.name)
+        logger.warning("worker %s stopped unexpectedly; starting again once Redis answers", worker.name)
+        time.sleep(1.0)  # never a hot loop, whatever stopped it
         _wait_for_redis(redis)
     return False
 

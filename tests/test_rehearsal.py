@@ -20,5 +20,6 @@ def test_rehearsal_runs_every_phase_at_tiny_size(tmp_path):
     assert "glus segment: 2 frames of dog.mp4" in report and "[SEG] on 2/2 frames" in report
     version = re.search(r"worker: prediction (glus-7b-[0-9a-f]{8}) \(2 results, 2 frames; /setup says (\S+)\)", report)
     assert version and version.group(1) == version.group(2), report
+    assert re.search(r"longest gap between the worker's heartbeats during the job [\d.]+ s", report), report
     assert re.search(r"fine-tuning step .*: \d+ s, loss [\d.]+;", report), report
     assert re.search(r"stored version glus-7b-[0-9a-f]{8}: [\d.]+ GB = [\d.]+ % of the base", report), report

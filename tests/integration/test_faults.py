@@ -30,6 +30,7 @@ from .backend_stack import free_port, running_backend, wait_for
 
 HEARTBEAT_TTL = 6
 SWEEP_INTERVAL = 2
+MAX_JOB_BYTES = 8192  # small, so that a real annotation is over it (test_large_annotation_is_ingested_by_reference)
 FRAMES = 16  # frames per task: a job lasts a few seconds on this CPU, long enough to be interrupted
 REDIS_PASSWORD = "fault-s3cret"
 CONFIG = """<View>
@@ -98,6 +99,7 @@ def fault_stack(tmp_path_factory):
         "GLUS_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
         "GLUS_JOB_RETRIES": "2",
         "GLUS_RETRY_INTERVALS": "1,2",
+        "GLUS_MAX_JOB_BYTES": str(MAX_JOB_BYTES),
     }
     try:
         with running_backend(ls, redis_server.url, tmp, env, workers=2) as stack:
@@ -425,3 +427,25 @@ def test_malformed_and_hostile_inputs_never_get_a_500(fault_stack):
     out = Path(os.environ.get("GLUS_FAULT_REPORT", ROOT / "tmp" / "fault-report.md")).with_name("hostile-inputs.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("| endpoint | input | status | reason |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def test_large_annotation_is_ingested_by_reference(fault_stack):
+    """An annotation over GLUS_MAX_JOB_BYTES (a long video's per-frame masks) is not refused: its job stores the
+    ids only, and the worker reads the annotation back from Label Studio."""
+    stack = fault_stack
+    ls, redis = stack["ls"], stack["redis"]
+    project, tasks = _project(stack, "large-annotation", 1)
+    t0 = time.monotonic()
+    (task_id,) = ls.import_tasks(project, tasks)
+    _settled(stack, [task_id], t0, "large annotation (setup)")
+    REPORT.pop()
+    prediction = next(p for p in ls.predictions(task_id) if p["model_version"] == stack["version"])
+    assert len(json.dumps(prediction["result"])) > MAX_JOB_BYTES
+    annotation_id = ls.create_annotation(task_id, prediction["result"])
+    stored = (stack["tmp"] / "model_dir" / "data" / "annotations" / f"project_{project}" / f"task_{task_id}"
+              / f"annotation_{annotation_id}.json")  # fmt: skip
+    wait_for(stored.is_file, 120, "the ingest job to store the large annotation")
+    assert len(json.loads(stored.read_text())["annotation"]["result"]) == len(prediction["result"])
+    jobs = [k for k in redis.scan_iter(match=f"rq:job:{stack['prefix']}-ingest-*")
+            if f"'annotation_id': {annotation_id}" in (redis.hget(k, "description") or b"").decode()]  # fmt: skip
+    assert len(jobs) == 1 and len(redis.hget(jobs[0], "data") or b"") < MAX_JOB_BYTES
