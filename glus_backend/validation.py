@@ -25,22 +25,21 @@ def json_object(payload: Any, what: str) -> dict:
     return payload
 
 
-def optional_object(payload: dict, key: str, what: str) -> dict:
+def _optional(payload: dict, key: str, kind: type, empty: Any, noun: str, what: str) -> Any:
     value = payload.get(key)
     if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"{what}: '{key}' must be an object, got {_type_name(value)}")
+        return empty
+    if not isinstance(value, kind):
+        raise BadRequest(f"{what}: '{key}' must be {noun}, got {_type_name(value)}")
     return value
+
+
+def optional_object(payload: dict, key: str, what: str) -> dict:
+    return _optional(payload, key, dict, {}, "an object", what)
 
 
 def optional_str(payload: dict, key: str, what: str) -> str:
-    value = payload.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{what}: '{key}' must be a string, got {_type_name(value)}")
-    return value
+    return _optional(payload, key, str, "", "a string", what)
 
 
 def task_id(value: Any, what: str) -> int:

@@ -119,3 +119,22 @@ def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str]
             if (redis.hget(k, "origin") or b"").decode().startswith(prefix)
         ]
         delete_test_keys(redis, prefix, job_ids)
+
+
+def write_frames(ls, rel: str, n: int, size: tuple[int, int] = (320, 180)) -> list[str]:
+    """The first ``n`` frames of a real video (sam2's bedroom.mp4), resized, under Label Studio's local-files root;
+    their ``/data/local-files`` URLs."""
+    import cv2
+    from conftest import SHARED_VIDEOS
+
+    cap = cv2.VideoCapture(str(SHARED_VIDEOS / "bedroom.mp4"))
+    folder = ls.files_root / rel
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for i in range(n):
+        ok, frame = cap.read()
+        assert ok, f"bedroom.mp4 has fewer than {n} frames"
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.resize(frame, size))
+        urls.append(f"/data/local-files/?d={rel}/{i:05d}.jpg")
+    cap.release()
+    return urls

@@ -19,7 +19,7 @@ import requests
 from conftest import SHARED_VIDEOS
 from label_studio_sdk.label_interface import LabelInterface
 
-from .backend_stack import running_backend
+from .backend_stack import running_backend, write_frames
 from .backend_stack import wait_for as _wait
 
 FRAMES_CONFIG = """<View>
@@ -47,18 +47,7 @@ def stack(label_studio, redis_url, tmp_path_factory):
 
 
 def _real_frames(ls, rel: str, n: int = 8) -> list[str]:
-    """The first n frames of a real video (sam2's bedroom.mp4), downscaled, under the local-files root."""
-    cap = cv2.VideoCapture(str(SHARED_VIDEOS / "bedroom.mp4"))
-    urls = []
-    folder = ls.files_root / rel
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        ok, frame = cap.read()
-        assert ok
-        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.resize(frame, (320, 180)))
-        urls.append(f"/data/local-files/?d={rel}/{i:05d}.jpg")
-    cap.release()
-    return urls
+    return write_frames(ls, rel, n)
 
 
 def _short_video(path: Path, n: int = 40) -> Path:

@@ -17,16 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import pytest
 import requests
-from conftest import ROOT, SHARED_VIDEOS
+from conftest import ROOT
 from redis import Redis
 from rq import Worker
 
 from glus_backend.local_label_studio import LabelStudioServer, ensure_label_studio
 
-from .backend_stack import free_port, running_backend, wait_for
+from .backend_stack import free_port, running_backend, wait_for, write_frames
 
 HEARTBEAT_TTL = 6
 SWEEP_INTERVAL = 2
@@ -104,7 +103,7 @@ def fault_stack(tmp_path_factory):
     try:
         with running_backend(ls, redis_server.url, tmp, env, workers=2) as stack:
             stack["redis_server"] = redis_server
-            frames = _frames(ls, "faults/clip")
+            frames = write_frames(ls, "faults/clip", FRAMES, (256, 144))
             stack["frames"] = frames
             yield stack
             if redis_server.proc is None:  # a failed scenario left it down: the teardown needs it
@@ -113,20 +112,6 @@ def fault_stack(tmp_path_factory):
         ls.stop()
         redis_server.stop()
         _write_report()
-
-
-def _frames(ls: LabelStudioServer, rel: str) -> list[str]:
-    cap = cv2.VideoCapture(str(SHARED_VIDEOS / "bedroom.mp4"))
-    folder = ls.files_root / rel
-    folder.mkdir(parents=True, exist_ok=True)
-    urls = []
-    for i in range(FRAMES):
-        ok, frame = cap.read()
-        assert ok
-        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.resize(frame, (256, 144)))
-        urls.append(f"/data/local-files/?d={rel}/{i:05d}.jpg")
-    cap.release()
-    return urls
 
 
 def _project(stack: dict, title: str, n: int, connect: bool = True) -> tuple[int, list[dict]]:
