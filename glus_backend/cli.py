@@ -131,7 +131,6 @@ def _queues():
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rq import Worker
 
     from .registry import ModelRegistry, NoModelError
 
@@ -141,9 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         version = ModelRegistry.from_settings(settings, queues.redis).current_name()
     except NoModelError as exc:
         version = f"none ({exc})"
-    names = {queues.name(k) for k in ("predict", "ingest", "train")}
-    workers = [w.name for w in Worker.all(connection=queues.redis)
-               if names & set(w.queue_names()) and queues.redis.exists(w.key)]  # a lapsed heartbeat: dead
+    workers = [w.name for w in queues.live_workers()]
     print(json.dumps({"model_version": version, "queues": queues.counts(), "workers": workers}, indent=2))
     return 0
 

@@ -18,9 +18,9 @@ import numpy as np
 from rq import get_current_job
 
 from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
+from .maintenance import delete_placeholders
 from .media import resolve_media
 from .prompts import ObjectPrompt, PromptError, extract_prompts
-from .queues import PENDING_MODEL_VERSION
 from .results import ObjectTrack, frame_sequence_results, mask_to_box, prediction, video_rectangle_results
 from .url_guard import AddressGuard
 from .worker import PermanentJobError, WorkerRuntime, current_runtime
@@ -147,7 +147,6 @@ def predict_task(payload: dict) -> dict:
     if stored is not None:  # a rerun (worker died, Redis or Label Studio went away after segmenting): post only
         progress.update("posting", force=True)
         prediction_id = _post(runtime, task_id, payload["job_id"], stored)
-        runtime.queues.settle_later(payload["job_id"], task_id, prediction_id, stored.get("model_version"))
         return {"task_id": task_id, "model_version": stored.get("model_version"), "results": len(stored["result"]),
                 "prediction_id": prediction_id, "reused_stored_prediction": True}
     progress.update("fetching media", force=True)
@@ -168,7 +167,6 @@ def predict_task(payload: dict) -> dict:
     runtime.queues.put_prediction(payload["job_id"], pred)
     progress.update("posting", len(source) * len(prompts), len(source) * len(prompts), force=True)
     prediction_id = _post(runtime, task_id, payload["job_id"], pred)
-    runtime.queues.settle_later(payload["job_id"], task_id, prediction_id, version)
     return {
         "task_id": task_id,
         "model_version": version,
@@ -183,7 +181,8 @@ def predict_task(payload: dict) -> dict:
 
 
 def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int | None:
-    """Post the prediction once (idempotent across retries) and remove this task's placeholders."""
+    """Post the prediction once (idempotent across retries), remove this task's placeholders, and have the sweeper
+    tidy the task again a few seconds later (a /predict racing with the post may still store one)."""
     client = runtime.label_studio()
     if client is None:
         logger.warning(
@@ -205,9 +204,8 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int 
             created = client.create_prediction(task_id, pred["result"], pred["score"], pred["model_version"])
             posted = int(created["id"])
         runtime.queues.mark_posted(job_id, posted)
-    for p in existing:
-        if p.get("model_version") == PENDING_MODEL_VERSION and not p.get("result"):
-            client.delete_prediction(int(p["id"]))
+    delete_placeholders(client, existing)
+    runtime.queues.settle_later(job_id, task_id, posted, pred["model_version"])
     return posted
 
 

@@ -273,9 +273,7 @@ def tidy_task(client: LabelStudioClient, task_id: int, keep_id: int | None, mode
     """Delete the task's empty ``pending`` placeholders and, for ``model_version``, all but one copy of each
     identical prediction (``keep_id`` if it is one of them). Returns (placeholders, duplicates) deleted."""
     predictions = client.list_predictions(task_id)
-    placeholders = [p for p in predictions if p.get("model_version") == PENDING_MODEL_VERSION and not p.get("result")]
-    for p in placeholders:
-        client.delete_prediction(int(p["id"]))
+    placeholders = delete_placeholders(client, predictions)
     duplicates = 0
     if model_version:
         groups: dict[str, list[dict]] = {}
@@ -291,4 +289,12 @@ def tidy_task(client: LabelStudioClient, task_id: int, keep_id: int | None, mode
                 if pid != keep:
                     client.delete_prediction(pid)
                     duplicates += 1
-    return len(placeholders), duplicates
+    return placeholders, duplicates
+
+
+def delete_placeholders(client: LabelStudioClient, predictions: list[dict]) -> int:
+    """Delete the empty ``pending`` placeholders among a task's ``predictions``; how many there were."""
+    placeholders = [p for p in predictions if p.get("model_version") == PENDING_MODEL_VERSION and not p.get("result")]
+    for p in placeholders:
+        client.delete_prediction(int(p["id"]))
+    return len(placeholders)

@@ -149,16 +149,17 @@ def _trusted(client: LabelStudioClient | None) -> Callable[[str], bool]:
     return (lambda url: client.is_same_host(url)) if client is not None else (lambda url: False)
 
 
-def _plain_get(url: str, client: LabelStudioClient | None, guard: AddressGuard) -> requests.Response:
+def _plain_get(url: str, client: LabelStudioClient | None, guard: AddressGuard, hooks: dict) -> requests.Response:
     """GET a URL on a foreign host without Label Studio credentials, with the same retry policy.
 
-    The host and every redirect are checked by ``guard``; the error body of a foreign host is never quoted.
+    The host is checked by ``guard`` and every redirect by ``hooks``; the error body of a foreign host is never
+    quoted.
     """
     guard.check(url)
     timeout, retries, backoff = (client.timeout, client.retries, client.backoff) if client else (30.0, 3, 0.5)
     with requests.Session() as session:
         return send_with_retries(session, "GET", url, retries=retries, backoff=backoff, timeout=timeout, stream=True,
-                                 hooks={"response": [guard.redirect_hook(_trusted(client))]}, quote_errors=False)
+                                 hooks=hooks, quote_errors=False)
 
 
 def fetch_to_file(
@@ -197,7 +198,7 @@ def fetch_to_file(
             if client is not None and client.is_same_host(url):
                 resp = client.request("GET", url, stream=True, hooks=hooks)
             else:
-                resp = _plain_get(url, client, guard)
+                resp = _plain_get(url, client, guard, hooks)
         elif scheme == "" and url.startswith("/"):
             if client is None:
                 raise MediaError(f"{shown}: a Label Studio path needs a Label Studio client (LABEL_STUDIO_URL/API_KEY)")

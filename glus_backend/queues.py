@@ -187,6 +187,15 @@ class JobQueues:
         return int(raw) if raw else None
 
     # --- metrics ---
+    def live_workers(self) -> list:
+        """RQ workers serving one of these queues whose key still exists: a lapsed heartbeat means dead, even
+        before the maintenance leader cleans the registry."""
+        from rq import Worker
+
+        names = {self.name(k) for k in QUEUE_KINDS}
+        workers = Worker.all(connection=self.redis)
+        return [w for w in workers if names & set(w.queue_names()) and self.redis.exists(w.key)]
+
     def counts(self) -> dict[str, dict[str, int]]:
         out = {}
         for kind in QUEUE_KINDS:

@@ -34,8 +34,6 @@ from .queues import (
     INGEST,
     INGEST_FUNC,
     PENDING_MODEL_VERSION,
-    PREDICT,
-    TRAIN,
     JobQueues,
     JobTooLarge,
     job_view,
@@ -255,17 +253,11 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
 
     @app.get("/metrics")
     def metrics() -> Any:
-        from rq import Worker
-
-        workers = Worker.all(connection=service.redis)
-        names = {service.queues.name(k) for k in (PREDICT, INGEST, TRAIN)}
-        # a worker whose heartbeat lapsed is dead even before the registry is cleaned
-        ours = [w for w in workers if names & set(w.queue_names()) and service.redis.exists(w.key)]
         return jsonify(
             {
                 "model_version": service.model_version(),
                 "queues": service.queues.counts(),
-                "workers": len(ours),
+                "workers": len(service.queues.live_workers()),
                 "spooled_requests": service.spool.pending(),
             }
         )
