@@ -120,6 +120,34 @@ def decode_annotation(
     return DecodedAnnotation(objects, unassigned)
 
 
+def corrected_frames(
+    annotated: DecodedAnnotation, predicted: DecodedAnnotation | None, min_pixels: int = 4, min_fraction: float = 0.01
+) -> dict[int, dict[int, np.ndarray]]:
+    """Where an annotation differs from the prediction it started from: ``{object: {frame: annotated mask}}``.
+
+    A frame is corrected for an object when the two masks differ by more than ``min_pixels`` and ``min_fraction``
+    of the larger mask (a region the annotator left alone is the prediction's RLE verbatim: no difference at all);
+    a region the annotator deleted is an empty mask. Without a prediction every annotated frame is a correction.
+    """
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for index, obj in enumerate(annotated.objects):
+        before = predicted.objects[index].frames if predicted is not None else {}
+        changed: dict[int, np.ndarray] = {}
+        for frame in sorted(set(obj.frames) | set(before)):
+            after, was = obj.frames.get(frame), before.get(frame)
+            if predicted is None or was is None or after is None or after.shape != was.shape:
+                if after is not None or was is not None:
+                    changed[frame] = after if after is not None else np.zeros_like(was)
+                continue
+            diff = int(np.count_nonzero(after ^ was))
+            area = max(int(np.count_nonzero(after)), int(np.count_nonzero(was)))
+            if diff > max(min_pixels, min_fraction * area):
+                changed[frame] = after
+        if changed:
+            out[index] = changed
+    return out
+
+
 def _track_masks(result: dict, height: int, width: int, frames_count: int | None) -> Iterable[tuple[int, np.ndarray]]:
     """Box masks for the frames a video-rectangle track covers (keyframes interpolated linearly, as the editor)."""
     seq = sorted((result.get("value") or {}).get("sequence") or [], key=lambda k: k["frame"])

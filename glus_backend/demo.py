@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from .local_label_studio import LabelStudioServer, free_port
+from .prompts import ObjectPrompt
 from .registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "glus-demo-password"
 PROJECT_TITLE = "GLUS demo: synthetic videos"
-LABEL_CONFIG = """<View>
-  <Header value="$expressions"/>
-  <Image name="frames" valueList="$frames"/>
-  <BrushLabels name="mask" toName="frames"><Label value="Object" background="#ff3355"/></BrushLabels>
-  <PolygonLabels name="poly" toName="frames"><Label value="Object" background="#3355ff"/></PolygonLabels>
-</View>"""
+DEMO_LABELS = (("Object 1", "#ff3355"), ("Object 2", "#22aa44"), ("Object 3", "#3355ff"))
+# one label per object (a video has up to three expressions), brush only: a region list of one entry per object and
+# frame, each named after its object; the Header shows which expression each label stands for
+# the smart KeyPoint row re-propagates an object from a clicked frame (interactive, docs/label-studio.md)
+_LABELS = "".join(f'<Label value="{value}" background="{colour}"/>' for value, colour in DEMO_LABELS)
+LABEL_CONFIG = (
+    '<View>\n  <Header value="$expressions_text"/>\n  <Image name="frames" valueList="$frames"/>\n'
+    f'  <BrushLabels name="mask" toName="frames">{_LABELS}</BrushLabels>\n'
+    f'  <KeyPointLabels name="propagate" toName="frames" smart="true">{_LABELS}</KeyPointLabels>\n</View>'
+)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +103,8 @@ def _demo_tasks(files_root: Path, count: int) -> list[dict]:
 
     from model.synthetic.world import WorldConfig, generate_video
 
+    from .video_import import expressions_text
+
     tasks = []
     for i in range(count):
         video = generate_video(10_000 + i, WorldConfig())
@@ -108,7 +115,9 @@ def _demo_tasks(files_root: Path, count: int) -> list[dict]:
             big = cv2.resize(frame, (frame.shape[1] * 4, frame.shape[0] * 4), interpolation=cv2.INTER_NEAREST)
             cv2.imwrite(str(folder / f"{t:05d}.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
             urls.append(f"/data/local-files/?d=demo/video{i:02d}/{t:05d}.png")
-        tasks.append({"frames": urls, "expressions": [e.text for e in video.expressions[:3]], "video": f"video{i:02d}"})
+        objects = [ObjectPrompt(e.text, label) for e, (label, _) in zip(video.expressions[:3], DEMO_LABELS)]
+        tasks.append({"frames": urls, "expressions": [{"text": o.expression, "label": o.label} for o in objects],
+                      "expressions_text": expressions_text(objects, labelled=True), "video": f"video{i:02d}"})
     return tasks
 
 
@@ -171,7 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             project = server.create_project(PROJECT_TITLE, LABEL_CONFIG)
             server.add_local_storage(project, _demo_root(server))
-            server.connect_ml_backend(project, backend)
+            server.connect_ml_backend(project, backend, interactive=True)
             task_ids = server.import_tasks(project, _demo_tasks(server.files_root, args.videos))
         _wait_for_predictions(server, task_ids, version.version, args.timeout)
         print(f"\nGLUS demo ready: {server.url}/projects/{project}/data")

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rq import get_current_job
 
 from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
 from .maintenance import delete_placeholders
 from .media import resolve_media
+from .progress import JobProgress
 from .prompts import ObjectPrompt, PromptError, extract_prompts
 from .results import ObjectTrack, frame_sequence_results, mask_to_box, prediction, video_rectangle_results
 from .url_guard import AddressGuard
@@ -28,27 +28,33 @@ from .worker import PermanentJobError, WorkerRuntime, current_runtime
 logger = logging.getLogger(__name__)
 
 
-class _Progress:
-    """Job progress in ``job.meta["progress"]``, saved at most twice a second."""
+def _media_options(runtime: WorkerRuntime, task_id: int) -> dict:
+    settings = runtime.settings
+    return dict(
+        client=runtime.label_studio(),
+        dest_dir=settings.model_dir / "cache" / "media",
+        task_id=task_id,
+        max_bytes=settings.max_media_bytes,
+        local_files_root=settings.local_files_root,
+        guard=AddressGuard.from_settings(settings),
+    )
 
-    def __init__(self) -> None:
-        self.job = get_current_job()
-        self.last = 0.0
 
-    def update(self, stage: str, done: int = 0, total: int = 0, force: bool = False) -> None:
-        if self.job is None:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
-        self.job.meta["progress"] = {"stage": stage, "frames_done": done, "frames_total": total}
-        self.job.save_meta()
+def _frame_files(runtime: WorkerRuntime, urls: list[str], task_id: int) -> Any:
+    """A lazy frame source over image URLs (fetched to the media cache now, decoded when read)."""
+    from model.video_io import FrameFiles
+
+    if len(urls) > runtime.settings.max_frames:
+        raise PermanentJobError(
+            f"task {task_id} has {len(urls)} frames, over the limit of {runtime.settings.max_frames} (GLUS_MAX_FRAMES)"
+        )
+    common = _media_options(runtime, task_id)
+    return FrameFiles([resolve_media(url, **common) for url in urls])
 
 
 def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_id: int) -> tuple[Any, float]:
     """A lazy frame source for the task's video or frame list, and its frame rate."""
-    from model.video_io import FrameFiles, VideoFile, VideoReadError
+    from model.video_io import VideoFile, VideoReadError
 
     settings = runtime.settings
     if config.value_key not in data:
@@ -58,30 +64,16 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
             f"(the labeling config's <{tag}> reads ${config.value_key})"
         )
     value = data[config.value_key]
-    cache = settings.model_dir / "cache" / "media"
-    client = runtime.label_studio()
-    common = dict(
-        client=client,
-        dest_dir=cache,
-        task_id=task_id,
-        max_bytes=settings.max_media_bytes,
-        local_files_root=settings.local_files_root,
-        guard=AddressGuard.from_settings(settings),
-    )
     try:
         if config.kind == "video":
             if not isinstance(value, str) or not value.strip():
                 raise PermanentJobError(f"task {task_id}: '{config.value_key}' must be a video URL, got {value!r}")
-            source = VideoFile(resolve_media(value, **common))
+            source = VideoFile(resolve_media(value, **_media_options(runtime, task_id)))
             fps = source.fps or config.framerate or 25.0
         else:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise PermanentJobError(f"task {task_id}: '{config.value_key}' must be a non-empty list of image URLs")
-            if len(value) > settings.max_frames:
-                raise PermanentJobError(
-                    f"task {task_id} has {len(value)} frames, over the limit of {settings.max_frames} (GLUS_MAX_FRAMES)"
-                )
-            source = FrameFiles([resolve_media(v, **common) for v in value])
+            source = _frame_files(runtime, value, task_id)
             fps = config.framerate or 25.0
     except VideoReadError as exc:
         raise PermanentJobError(f"task {task_id}: {exc}") from exc
@@ -93,42 +85,54 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
     return source, fps
 
 
-def _segment(
-    runtime: WorkerRuntime, source: Any, prompts: list[ObjectPrompt], progress: _Progress, keep_masks: bool
-) -> tuple[list[ObjectTrack], str]:
-    """Run GLUS for every prompt; per object and frame, the mask (frame sequences) or its box (videos)."""
+def segment_frames(runtime: WorkerRuntime, loaded: Any, source: Any, prompts: list[ObjectPrompt],
+                   progress: JobProgress) -> Iterator[tuple[int, Any]]:  # fmt: skip
+    """Run ``loaded`` GLUS for every prompt over ``source``; yield ``(object index, FrameResult)`` as frames are
+    decided."""
     from model.inference import Expression, SegmentOptions
     from model.keyframes import ConfidenceKeyFrames, FirstFrame
 
-    loaded = runtime.model()
-    n = len(source)
-    masks: list[list[np.ndarray | None]] = [[None] * n for _ in prompts]
-    scores: list[list[float]] = [[0.0] * n for _ in prompts]
+    total = len(source) * len(prompts)
     key_frames = ConfidenceKeyFrames() if runtime.settings.key_frames == "confidence" else FirstFrame()
     options = SegmentOptions(
         schedule=runtime.settings.schedule, key_frames=key_frames, llm_every=runtime.settings.llm_every
     )
     expressions = [Expression(p.expression, str(i)) for i, p in enumerate(prompts)]
-    done = 0
-    for obj, _key, frame in loaded.segmenter.segment_stream(source, expressions, options):
+    progress.update("segmenting", 0, total, force=True)
+    for done, (obj, _key, frame) in enumerate(loaded.segmenter.segment_stream(source, expressions, options), 1):
+        yield obj, frame
+        progress.update("segmenting", done, total)
+
+
+def object_scores(tracks: list[ObjectTrack]) -> float:
+    """A prediction's score: the mean over objects of their mean score where present (0.0 when none is)."""
+    scores = [
+        float(np.mean([s for s, m in zip(t.scores, t.masks) if m is not None]))
+        for t in tracks
+        if any(m is not None for m in t.masks)
+    ]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _segment(runtime: WorkerRuntime, loaded: Any, source: Any, prompts: list[ObjectPrompt], progress: JobProgress,
+             keep_masks: bool) -> list[ObjectTrack]:  # fmt: skip
+    """Per object and frame, the mask (frame sequences) or its box (videos)."""
+    n = len(source)
+    masks: list[list[np.ndarray | None]] = [[None] * n for _ in prompts]
+    scores: list[list[float]] = [[0.0] * n for _ in prompts]
+    for obj, frame in segment_frames(runtime, loaded, source, prompts, progress):
         if frame.present:
             # videos need boxes only: long videos must not hold every frame's full-resolution mask
             masks[obj][frame.frame_index] = frame.mask if keep_masks else mask_to_box(frame.mask)
             scores[obj][frame.frame_index] = frame.score
-        done += 1
-        progress.update("segmenting", done, n * len(prompts))
-    tracks = [
+    return [
         ObjectTrack(label=p.label, expression=p.expression, masks=masks[i], scores=scores[i])
         for i, p in enumerate(prompts)
     ]
-    return tracks, loaded.version.version
 
 
-def predict_task(payload: dict) -> dict:
-    """Segment a task's media for each of its expressions and post the prediction to Label Studio."""
-    runtime = current_runtime()
-    progress = _Progress()
-    task_id = int(payload["task_id"])
+def task_prompts(runtime: WorkerRuntime, payload: dict, task_id: int) -> tuple[ServedConfig, list[ObjectPrompt]]:
+    """The served config and the objects to segment of a predict job's task; permanent errors say why not."""
     try:
         config = parse_label_config(payload.get("label_config") or "")
     except UnsupportedLabelConfig as exc:
@@ -143,6 +147,15 @@ def predict_task(payload: dict) -> dict:
         )
     except PromptError as exc:
         raise PermanentJobError(f"task {task_id}: {exc}") from exc
+    return config, prompts
+
+
+def predict_task(payload: dict) -> dict:
+    """Segment a task's media for each of its expressions and post the prediction to Label Studio."""
+    runtime = current_runtime()
+    progress = JobProgress()
+    task_id = int(payload["task_id"])
+    config, prompts = task_prompts(runtime, payload, task_id)
     stored = runtime.queues.get_prediction(payload["job_id"])
     if stored is not None:  # a rerun (worker died, Redis or Label Studio went away after segmenting): post only
         progress.update("posting", force=True)
@@ -153,17 +166,15 @@ def predict_task(payload: dict) -> dict:
     source, fps = _open_media(runtime, config, payload.get("data") or {}, task_id)
     first = source.frame(0)
     height, width = first.shape[:2]
-    tracks, version = _segment(runtime, source, prompts, progress, keep_masks=config.kind == "frames")
+    progress.show_in_label_studio(runtime.progress_client(), [task_id])
+    loaded = runtime.model()
+    tracks = _segment(runtime, loaded, source, prompts, progress, keep_masks=config.kind == "frames")
+    version = loaded.version.version
     if config.kind == "frames":
         results = frame_sequence_results(tracks, config, width, height)
     else:
         results = video_rectangle_results(tracks, config, len(source), fps)
-    object_scores = [
-        float(np.mean([s for s, m in zip(t.scores, t.masks) if m is not None]))
-        for t in tracks
-        if any(m is not None for m in t.masks)
-    ]
-    pred = prediction(results, float(np.mean(object_scores)) if object_scores else 0.0, version)
+    pred = prediction(results, object_scores(tracks), version)
     runtime.queues.put_prediction(payload["job_id"], pred)
     progress.update("posting", len(source) * len(prompts), len(source) * len(prompts), force=True)
     prediction_id = _post(runtime, task_id, payload["job_id"], pred)
@@ -180,9 +191,10 @@ def predict_task(payload: dict) -> dict:
     }
 
 
-def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int | None:
+def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict, per_task: bool = False) -> int | None:
     """Post the prediction once (idempotent across retries), remove this task's placeholders, and have the sweeper
-    tidy the task again a few seconds later (a /predict racing with the post may still store one)."""
+    tidy the task again a few seconds later (a /predict racing with the post may still store one). ``per_task``:
+    the job posts several tasks (a video job), each recorded under its own key."""
     client = runtime.label_studio()
     if client is None:
         logger.warning(
@@ -191,7 +203,8 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int 
             task_id,
         )
         return None
-    posted = runtime.queues.posted(job_id)
+    key = task_id if per_task else None
+    posted = runtime.queues.posted(job_id, key)
     existing = client.list_predictions(task_id)
     if posted is None:
         # A crash between posting and recording it must not post twice: look for our prediction first.
@@ -203,7 +216,7 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict) -> int 
         else:
             created = client.create_prediction(task_id, pred["result"], pred["score"], pred["model_version"])
             posted = int(created["id"])
-        runtime.queues.mark_posted(job_id, posted)
+        runtime.queues.mark_posted(job_id, posted, key)
     delete_placeholders(client, existing)
     runtime.queues.settle_later(job_id, task_id, posted, pred["model_version"])
     return posted
@@ -238,6 +251,9 @@ def ingest_annotation(payload: dict) -> dict:
     tmp.write_text(json.dumps({"annotation": annotation, "task": task, "project": project}, indent=1))
     tmp.replace(path)
     summary = {"stored": str(path), "results": len(annotation.get("result") or []), "action": payload.get("action")}
+    from .correction_jobs import enqueue_if_corrected
+
+    summary.update(enqueue_if_corrected(runtime, task, annotation, project))
     if project.get("id") is not None and not annotation.get("was_cancelled"):
         summary.update(_add_to_correction_set(runtime, int(project["id"]), task, annotation, project))
     return {**summary, **_count_correction(runtime, project.get("id"))}
@@ -303,7 +319,7 @@ def train_from_corrections(payload: dict) -> dict:
     client = runtime.label_studio()
     if client is None:
         raise PermanentJobError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the annotations")
-    progress = _Progress()
+    progress = JobProgress()
     try:
         summary = train_from_label_studio(
             runtime.settings,

@@ -314,6 +314,32 @@ class LabelStudioClient:
         body = {"task": int(task_id), "result": result, "score": float(score), "model_version": model_version}
         return self._json("POST", "/api/predictions", json=body)
 
+    def update_prediction(self, prediction_id: int, **fields: Any) -> dict:
+        """PATCH /api/predictions/<id> with ``fields`` (e.g. ``model_version``)."""
+        return self._json("PATCH", f"/api/predictions/{int(prediction_id)}", json=fields)
+
+    def tasks_of_video(self, project_id: int, video: str) -> list[dict]:
+        """Tasks of a project whose ``data.video`` is ``video`` (the Data Manager's filter, 100 a page), with data."""
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:data.video", "operator": "equal", "type": "String", "value": video}]}}  # fmt: skip
+        out: list[dict] = []
+        page = 1
+        while True:
+            params = {"project": int(project_id), "query": json.dumps(query), "page": page, "page_size": 100}
+            try:
+                data = self._json("GET", "/api/tasks", params=params)
+            except LabelStudioError as exc:
+                if exc.status == 404 and page > 1:  # past the last page
+                    return out
+                raise
+            tasks = data.get("tasks") if isinstance(data, dict) else None
+            if not isinstance(tasks, list):
+                raise LabelStudioError(f"GET /api/tasks: unexpected answer shape {type(data).__name__}")
+            out.extend(t for t in tasks if isinstance(t, dict) and (t.get("data") or {}).get("video") == video)
+            if not tasks or page * 100 >= int(data.get("total") or 0):
+                return out
+            page += 1
+
     def delete_prediction(self, prediction_id: int) -> None:
         """DELETE /api/predictions/<id>; an already deleted prediction (404) is fine."""
         try:

@@ -32,7 +32,7 @@ from rq.scripts import acquire_or_refresh_lock
 from rq.worker_registration import clean_worker_registry
 
 from .ls_client import LabelStudioClient, LabelStudioError
-from .queues import PENDING_MODEL_VERSION, PREDICT, QUEUE_KINDS, JobQueues
+from .queues import PREDICT, QUEUE_KINDS, JobQueues, is_placeholder
 from .redact import redact_text
 
 if TYPE_CHECKING:
@@ -247,21 +247,26 @@ class Sweeper:
                 job = Job.fetch(job_id, connection=self.redis)
             except NoSuchJobError:
                 continue
-            task_id = job.meta.get("task_id")
-            stored = self.queues.get_prediction(job_id)
+            # a video job stores and posts one prediction per chunk task
+            per_task = job.meta.get("task_ids")
+            tasks = [(int(t), int(t)) for t in per_task] if per_task else [(job.meta.get("task_id"), None)]
+            unposted = [t for t, key in tasks if self.queues.get_prediction(job_id, key) is not None
+                        and self.queues.posted(job_id, key) is None]  # fmt: skip
             requeues = int(job.meta.get("sweep_requeues", 0))
-            if stored is not None and self.queues.posted(job_id) is None and requeues < MAX_SWEEP_REQUEUES:
+            if unposted and requeues < MAX_SWEEP_REQUEUES:
                 job.meta["sweep_requeues"] = requeues + 1
                 job.save_meta()
                 try:
                     registry.requeue(job_id)
                     counts["requeued"] += 1
-                    logger.info("requeued job %s (task %s): its stored prediction was never posted", job_id, task_id)
+                    logger.info("requeued job %s (tasks %s): stored predictions were never posted", job_id, unposted)
                 except InvalidJobOperation:
                     pass
-            elif task_id is not None:
-                placeholders, _ = tidy_task(client, int(task_id), None, None)
-                counts["placeholders_deleted"] += placeholders
+            else:
+                for task_id, _ in tasks:
+                    if task_id is not None:
+                        placeholders, _ = tidy_task(client, int(task_id), None, None)
+                        counts["placeholders_deleted"] += placeholders
                 self.redis.set(marker, "1", ex=self.queues.settings.result_ttl)
             handled += 1
             if handled >= SWEEP_BATCH or not still_leader():
@@ -293,8 +298,8 @@ def tidy_task(client: LabelStudioClient, task_id: int, keep_id: int | None, mode
 
 
 def delete_placeholders(client: LabelStudioClient, predictions: list[dict]) -> int:
-    """Delete the empty ``pending`` placeholders among a task's ``predictions``; how many there were."""
-    placeholders = [p for p in predictions if p.get("model_version") == PENDING_MODEL_VERSION and not p.get("result")]
+    """Delete the placeholders (``pending`` or ``running ...``) among a task's ``predictions``; how many there were."""
+    placeholders = [p for p in predictions if is_placeholder(p)]
     for p in placeholders:
         client.delete_prediction(int(p["id"]))
     return len(placeholders)

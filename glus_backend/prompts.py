@@ -12,10 +12,19 @@ c. **Label hints**: every config label that has a ``hint`` attribute gives one o
    label = value).
 d. **Label values**: every config label value is used as the expression (e.g. ``<Label value="the red car"/>``).
 
-Label of an expression from (a)/(b): the object's ``"label"`` when given (it must be a config label, matched exactly);
-else the only label when the config has exactly one; else the first label (config order) whose value occurs in the
-expression as a whole word, case-insensitively; else the first label. A config without labels (a ``<VideoRectangle>``
-without a ``<Labels>`` palette) gives the label ``""`` and supports only (a) and (b).
+Label of an expression from (a)/(b), first rule that applies:
+
+1. an explicit label: the object's ``"label"``, or a ``"Label: expression"`` prefix naming a config label
+   (case-insensitively; the config's spelling is kept), e.g. ``"Ball: the yellow ball"`` - an unknown explicit label
+   is an error;
+2. the only label, when the config has exactly one;
+3. the label whose ``hint`` is the expression (case-insensitively);
+4. the label whose value occurs in the expression as a whole word, case-insensitively; when several do, the one whose
+   match contains the others' ("the race car" is "race car", not "car");
+5. otherwise the expression is **ambiguous** and that is an error naming it and the labels: nothing is guessed.
+
+A config without labels (a ``<VideoRectangle>`` without a ``<Labels>`` palette) gives the label ``""`` and supports
+only (a) and (b).
 
 Expressions are stripped; identical (expression, label) pairs are kept once, in order; more than ``max_objects``
 objects is an error. Every :class:`PromptError` names the task field, context key or config part at fault.
@@ -54,16 +63,40 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in _SEPARATORS.split(text) if part.strip()]
 
 
-def _pick_label(expression: str, options: tuple[LabelOption, ...]) -> str:
+def _matches(value: str, lowered: str) -> list[tuple[int, int]]:
+    pattern = rf"(?<!\w){re.escape(value.lower())}(?!\w)"
+    return [m.span() for m in re.finditer(pattern, lowered)]
+
+
+def _inside(span: tuple[int, int], others: list[tuple[int, int]]) -> bool:
+    x, y = span
+    return any(a <= x and y <= b and b - a > y - x for a, b in others)
+
+
+def _pick_label(expression: str, options: tuple[LabelOption, ...], where: str) -> str:
+    """Rules 2-5 of the module docstring (rule 1, an explicit label, is the caller's)."""
     if not options:
         return ""
     if len(options) == 1:
         return options[0].value
     lowered = expression.lower()
     for option in options:
-        if re.search(rf"(?<!\w){re.escape(option.value.lower())}(?!\w)", lowered):
+        if option.hint is not None and option.hint.lower() == lowered:
             return option.value
-    return options[0].value
+    spans = {o.value: _matches(o.value, lowered) for o in options}
+    found = [v for v, s in spans.items() if s]
+    # a label whose every match lies inside a longer label's match ("car" in "race car") is not named
+    others = {v: [span for w in found if w != v for span in spans[w]] for v in found}
+    named = [v for v in found if not all(_inside(span, others[v]) for span in spans[v])]
+    if len(named) == 1:
+        return named[0]
+    values = ", ".join(repr(o.value) for o in options)
+    why = f"names several labels ({', '.join(map(repr, named))})" if named else f"names none of the labels {values}"
+    first = options[0].value
+    raise PromptError(
+        f"{where}: the expression {expression!r} {why}, so its label is ambiguous: say which, as "
+        f"'{first}: {expression}' or {{'text': {expression!r}, 'label': {first!r}}}"
+    )
 
 
 def _explicit_label(label: Any, where: str, options: tuple[LabelOption, ...]) -> str:
@@ -74,13 +107,24 @@ def _explicit_label(label: Any, where: str, options: tuple[LabelOption, ...]) ->
     return label
 
 
+def _labelled(text: str, where: str, options: tuple[LabelOption, ...]) -> ObjectPrompt:
+    """One expression, with a ``"Label: expression"`` prefix honoured when it names a config label."""
+    head, colon, rest = text.partition(":")
+    if colon and rest.strip():
+        spelled = {o.value.lower(): o.value for o in options}
+        label = spelled.get(head.strip().lower())
+        if label is not None:
+            return ObjectPrompt(rest.strip(), label)
+    return ObjectPrompt(text, _pick_label(text, options, where))
+
+
 def _from_field(value: Any, field: str, options: tuple[LabelOption, ...]) -> list[ObjectPrompt]:
     where = f"task field '{field}'"
     if isinstance(value, str):
         pieces = _split(value)
         if not pieces:
             raise PromptError(f"{where} is empty")
-        return [ObjectPrompt(p, _pick_label(p, options)) for p in pieces]
+        return [_labelled(p, where, options) for p in pieces]
     if not isinstance(value, list | tuple):
         raise PromptError(
             f"{where} must be a string, a list of strings or a list of {{'text': ..., 'label': ...}} objects, "
@@ -100,10 +144,9 @@ def _from_field(value: Any, field: str, options: tuple[LabelOption, ...]) -> lis
         if not text:
             raise PromptError(f"{where}[{i}] is empty")
         if label is None:
-            label = _pick_label(text, options)
+            prompts.append(_labelled(text, f"{where}[{i}]", options))
         else:
-            label = _explicit_label(label, f"{where}[{i}]", options)
-        prompts.append(ObjectPrompt(text, label))
+            prompts.append(ObjectPrompt(text, _explicit_label(label, f"{where}[{i}]", options)))
     if not prompts:
         raise PromptError(f"{where} is empty")
     return prompts
@@ -140,7 +183,7 @@ def _from_context(context: dict | None, options: tuple[LabelOption, ...]) -> lis
             break
     if not texts:
         return None
-    return [ObjectPrompt(t, _pick_label(t, options)) for t, _ in texts]
+    return [_labelled(t, where, options) for t, where in texts]
 
 
 def extract_prompts(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from redis import Redis
@@ -20,16 +21,43 @@ from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from .label_config import UnsupportedLabelConfig, parse_label_config
 from .settings import Settings
+from .video_chunks import ChunkRef, chunk_ref
 
 PREDICT, INGEST, TRAIN = "predict", "ingest", "train"
 QUEUE_KINDS = (PREDICT, INGEST, TRAIN)
 PREDICT_FUNC = "glus_backend.jobs.predict_task"
+PREDICT_VIDEO_FUNC = "glus_backend.video_jobs.predict_video"
+REPROPAGATE_FUNC = "glus_backend.correction_jobs.repropagate_correction"
+CLICKS_FUNC = "glus_backend.correction_jobs.propagate_clicks"
 INGEST_FUNC = "glus_backend.jobs.ingest_annotation"
 DELETE_FUNC = "glus_backend.jobs.delete_annotations"
 TRAIN_FUNC = "glus_backend.jobs.train_from_corrections"
 PENDING_MODEL_VERSION = "pending"
 FAILED_MODEL_VERSION = "failed"  # /predict's answer for a task whose job failed for good
+RUNNING_PREFIX = "running"  # a placeholder's model version while its job runs: "running 40%"
+
+
+def is_placeholder(prediction: dict) -> bool:
+    """An empty prediction standing in for one being computed (``pending``, or ``running ...`` with progress)."""
+    version = str(prediction.get("model_version") or "")
+    return not prediction.get("result") and (version == PENDING_MODEL_VERSION or version.startswith(RUNNING_PREFIX))
+
+
+@lru_cache(maxsize=64)
+def _frames_key(label_config: str) -> str | None:
+    """The task data key of a frame-sequence config's frame list; None for other (or unservable) configs."""
+    try:
+        config = parse_label_config(label_config)
+    except UnsupportedLabelConfig:
+        return None
+    return config.value_key if config.kind == "frames" else None
+
+
+def _chunk_of(data: dict, label_config: str) -> ChunkRef | None:
+    key = _frames_key(label_config)
+    return chunk_ref(data, key) if key is not None else None
 
 
 def _digest(*parts: Any) -> str:
@@ -52,6 +80,7 @@ class Enqueued:
     job_id: str
     created: bool  # False: the same job already existed (queued, running, finished or failed)
     status: str
+    per_task: bool = False  # a video job: its results are stored per task (``get_prediction(job_id, task_id)``)
 
 
 class JobQueues:
@@ -94,8 +123,9 @@ class JobQueues:
         return Retry(max=self.settings.job_retries, interval=list(self.settings.retry_intervals))
 
     def enqueue(
-        self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None
-    ) -> Enqueued:
+        self, kind: str, func: str, job_id: str, payload: dict, timeout: int, meta: dict | None = None,
+        at_front: bool = False,
+    ) -> Enqueued:  # fmt: skip
         """Enqueue ``func(payload)`` under ``job_id`` unless a job with that id exists (idempotent).
 
         A job that failed for a transient reason after all its retries (Label Studio or media down, its worker
@@ -130,16 +160,36 @@ class JobQueues:
             retry=self._retry(),
             meta={"kind": kind, **(meta or {})},
             description=f"{kind} {meta or ''}",
+            at_front=at_front,
         )
         return Enqueued(job_id, True, JobStatus.QUEUED.value)
 
     def enqueue_prediction(
         self, task: dict, label_config: str, project_id: int | None, model_version: str, context: Any = None
     ) -> Enqueued:
-        """A ``predict`` job for one Label Studio task, made with ``model_version`` (the same request is one job)."""
+        """A ``predict`` job for one Label Studio task, made with ``model_version`` (the same request is one job).
+
+        A ``chunk`` of a video (:mod:`glus_backend.video_chunks`) is predicted by its video's job, one per video,
+        prompts and model version, unless that job already ran without this task (a chunk imported later): then
+        the chunk gets a job of its own."""
         data = task.get("data") or {}
         task_id = int(task["id"])
         scope = (self.settings.label_studio_url, project_id)
+        chunk = _chunk_of(data, label_config) if self.settings.whole_video and project_id is not None else None
+        if chunk is not None and context is None:
+            prompt_fields = {f: data[f] for f in self.settings.expression_fields if data.get(f) is not None}
+            job_id = self.job_id(PREDICT, "video", chunk.video, chunk.frame_step, prompt_fields, label_config,
+                                 model_version, *scope)  # fmt: skip
+            existing = self.fetch(job_id)
+            covered = existing.meta.get("task_ids") if existing is not None else None
+            if covered is None or task_id in covered:  # else it listed the video's tasks before this one existed
+                payload = {"task_id": task_id, "project_id": project_id, "data": data, "label_config": label_config,
+                           "model_version": model_version, "job_id": job_id, "video": chunk.video,
+                           "frame_step": chunk.frame_step}  # fmt: skip
+                meta = {"task_id": task_id, "project_id": project_id, "video": chunk.video}
+                timeout = self.settings.predict_timeout * max(1, int(data.get("chunks") or 1))
+                enqueued = self.enqueue(PREDICT, PREDICT_VIDEO_FUNC, job_id, payload, timeout, meta=meta)
+                return replace(enqueued, per_task=True)
         job_id = self.predict_job_id(task_id, data, context, label_config, model_version, scope)
         payload = {
             "task_id": task_id,
@@ -159,20 +209,53 @@ class JobQueues:
             meta={"task_id": task_id, "project_id": project_id},
         )
 
+    def enqueue_clicks(self, task: dict, label_config: str, project_id: int | None, model_version: str,
+                       context: Any, clicks: dict) -> Enqueued:  # fmt: skip
+        """An interactive click job (:mod:`glus_backend.interactive`), at the front of the predict queue: an
+        annotator is waiting for it."""
+        data = task.get("data") or {}
+        task_id = int(task["id"])
+        scope = (self.settings.label_studio_url, project_id)
+        job_id = self.job_id(PREDICT, "clicks", task_id, data, context, clicks["seed_results"], label_config,
+                             model_version, *scope)  # fmt: skip
+        payload = {"task_id": task_id, "project_id": project_id, "data": data, "label_config": label_config,
+                   "model_version": model_version, "job_id": job_id, "clicks": clicks}  # fmt: skip
+        return self.enqueue(PREDICT, CLICKS_FUNC, job_id, payload, self.settings.predict_timeout,
+                            meta={"task_id": task_id, "project_id": project_id, "interactive": True}, at_front=True)
+
+    def wait_for_prediction(self, job_id: str, timeout: float, interval: float = 0.1) -> dict | None:
+        """The job's stored prediction once there is one; None after ``timeout`` seconds or when the job failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.get_prediction(job_id)
+            if found is not None:
+                return found
+            job = self.fetch(job_id)
+            if job is None or _status(job) == JobStatus.FAILED.value or time.monotonic() >= deadline:
+                return None
+            time.sleep(interval)
+
     def release_claim(self, job_id: str) -> None:
         """Forget a job id so that the same request can be enqueued again (used by `retry`)."""
         self.redis.delete(self.key("claim", job_id))
 
-    # --- result store ---
-    def put_prediction(self, job_id: str, prediction: dict) -> None:
-        self.redis.set(self.key("result", job_id), json.dumps(prediction), ex=self.settings.result_ttl)
+    # --- result store (a video job keeps one entry per chunk task: ``task_id``) ---
+    def _entry(self, kind: str, job_id: str, task_id: int | None) -> str:
+        return self.key(kind, job_id) if task_id is None else self.key(kind, job_id, str(int(task_id)))
 
-    def get_prediction(self, job_id: str) -> dict | None:
-        raw = self.redis.get(self.key("result", job_id))
+    def put_prediction(self, job_id: str, prediction: dict, task_id: int | None = None) -> None:
+        self.redis.set(self._entry("result", job_id, task_id), json.dumps(prediction), ex=self.settings.result_ttl)
+
+    def get_prediction(self, job_id: str, task_id: int | None = None) -> dict | None:
+        raw = self.redis.get(self._entry("result", job_id, task_id))
         return json.loads(raw) if raw else None
 
-    def mark_posted(self, job_id: str, prediction_id: int) -> None:
-        self.redis.set(self.key("posted", job_id), str(prediction_id), ex=self.settings.result_ttl)
+    def mark_posted(self, job_id: str, prediction_id: int, task_id: int | None = None) -> None:
+        self.redis.set(self._entry("posted", job_id, task_id), str(prediction_id), ex=self.settings.result_ttl)
+
+    def posted(self, job_id: str, task_id: int | None = None) -> int | None:
+        raw = self.redis.get(self._entry("posted", job_id, task_id))
+        return int(raw) if raw else None
 
     def settle_later(self, job_id: str, task_id: int, prediction_id: int | None, model_version: str) -> None:
         """Ask the sweeper (:mod:`glus_backend.maintenance`) to tidy this task's predictions in a few seconds."""
@@ -181,10 +264,6 @@ class JobQueues:
         entry = json.dumps({"job_id": job_id, "task_id": task_id, "prediction_id": prediction_id,
                             "model_version": model_version}, sort_keys=True)  # fmt: skip
         self.redis.zadd(self.key("to-settle"), {entry: time.time()})
-
-    def posted(self, job_id: str) -> int | None:
-        raw = self.redis.get(self.key("posted", job_id))
-        return int(raw) if raw else None
 
     # --- metrics ---
     def live_workers(self) -> list:

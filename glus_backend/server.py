@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -27,6 +28,7 @@ from rq.job import JobStatus
 from werkzeug.exceptions import HTTPException
 
 from . import validation
+from .interactive import ClickRequest, click_request
 from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
 from .queues import (
     DELETE_FUNC,
@@ -106,6 +108,13 @@ class BackendService:
             WEBHOOK_HANDLERS[action](self, payload)
 
 
+def reason_phrase(message: str, limit: int = 600) -> str:
+    """``message`` as an HTTP reason phrase: one line of Latin-1 printable characters, at most ``limit`` long."""
+    flat = " ".join(message.split())
+    safe = "".join(c if c.isprintable() and ord(c) < 256 else "?" for c in flat)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
 def _placeholder() -> dict:
     return {"result": [], "score": 0.0, "model_version": PENDING_MODEL_VERSION}
 
@@ -123,6 +132,14 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
 
     def error(message: str, status: int = 400) -> tuple[Response, int]:
         return jsonify({"status": "error", "error": message}), status
+
+    def refuse_config(exc: UnsupportedLabelConfig) -> Response:
+        """A 400 whose HTTP reason phrase carries the reason: Label Studio shows the user only ``str()`` of the
+        ``requests`` error ("400 Client Error: <reason phrase> for url: ..."), never the body."""
+        message = f"GLUS backend cannot serve this labeling config: {exc}"
+        response = jsonify({"status": "error", "error": message})
+        response.status = f"400 {reason_phrase(message)}"
+        return response
 
     def json_body() -> Any:
         """The parsed body; a body that is not JSON is a 400 naming why."""
@@ -216,7 +233,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
                 _parse_config(schema)
             except UnsupportedLabelConfig as exc:
                 logger.warning("/setup for project %s refused: %s", project_id, exc)
-                return error(f"GLUS backend cannot serve this labeling config: {exc}")
+                return refuse_config(exc)
         return jsonify({"model_version": service.model_version()})
 
     @app.post("/predict")
@@ -226,12 +243,15 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
         try:
             _parse_config(label_config)
         except UnsupportedLabelConfig as exc:
-            return error(f"GLUS backend cannot serve this labeling config: {exc}")
+            return refuse_config(exc)
+        if len(tasks) == 1 and (clicks := click_request(context, tasks[0])) is not None:
+            return jsonify({"results": [_answer_clicks(service, tasks[0], label_config, project_id, context, clicks)],
+                            "model_version": service.model_version()})  # fmt: skip
         results = []
         try:
             for task in tasks:
                 enqueued = service.enqueue_prediction(task, label_config, project_id, context)
-                results.append(_answer(service, enqueued.job_id))
+                results.append(_answer(service, enqueued.job_id, int(task["id"]) if enqueued.per_task else None))
         except RedisError as exc:
             spool("/predict", payload, exc)
             results = [_placeholder() for _ in tasks]
@@ -272,16 +292,32 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
     return app
 
 
-def _answer(service: BackendService, job_id: str) -> dict:
+def _answer(service: BackendService, job_id: str, task_id: int | None = None) -> dict:
     """What /predict returns for a task: the stored prediction, an empty ``failed`` one for a job that failed for
-    good (GET /jobs/<id> says why; the sweeper removes its placeholders), or a ``pending`` placeholder."""
-    ready = service.queues.get_prediction(job_id)
+    good (GET /jobs/<id> says why; the sweeper removes its placeholders), or a ``pending`` placeholder.
+    ``task_id``: the job is a video job, which stores one prediction per chunk task."""
+    ready = service.queues.get_prediction(job_id, task_id)
     if ready is not None:
         return ready
     job = service.queues.fetch(job_id)
     if job is not None and job.get_status(refresh=False) == JobStatus.FAILED:
         return {"result": [], "score": 0.0, "model_version": FAILED_MODEL_VERSION}
     return _placeholder()
+
+
+def _answer_clicks(service: BackendService, task: dict, label_config: str, project_id: int | None, context: Any,
+                   clicks: ClickRequest) -> dict:  # fmt: skip
+    """An interactive click (:mod:`glus_backend.interactive`): wait up to ``GLUS_INTERACTIVE_WAIT`` seconds for the
+    object re-propagated from the clicked frame; then (or when the job failed) an empty answer, so that the page
+    shows nothing rather than an error (``GET /jobs/<id>`` says why)."""
+    enqueued = service.queues.enqueue_clicks(task, label_config, project_id, service.model_version(), context,
+                                             asdict(clicks))  # fmt: skip
+    found = service.queues.wait_for_prediction(enqueued.job_id, service.settings.interactive_wait)
+    if found is None:
+        logger.warning("interactive job %s gave no answer within %s s (or failed)", enqueued.job_id,
+                       service.settings.interactive_wait)  # fmt: skip
+        return _answer(service, enqueued.job_id)
+    return found
 
 
 # --- webhook actions ---

@@ -1,6 +1,6 @@
 """Configuration from environment variables, with Label Studio's ML-backend names where they exist.
 
-Every variable is listed, with its default, in the README's configuration table; ``Settings.describe()``
+Every variable is listed, with its default, in docs/configuration.md; ``Settings.describe()``
 prints the same list.
 """
 
@@ -54,6 +54,10 @@ class Settings:
     # --- prediction ---
     expression_fields: tuple[str, ...] = DEFAULT_EXPRESSION_FIELDS  # GLUS_EXPRESSION_FIELDS
     prelabel_on_import: bool = True  # GLUS_PRELABEL_ON_IMPORT: TASKS_CREATED webhooks enqueue predictions
+    whole_video: bool = True  # GLUS_WHOLE_VIDEO: chunk tasks of one video are pre-labeled by one job over the video
+    repropagate_corrections: bool = True  # GLUS_REPROPAGATE_CORRECTIONS: offer corrections propagated to later frames
+    repropagate_prompt: str = "seg"  # GLUS_REPROPAGATE_PROMPT: seg (GLUS [SEG] + memory) | memory (SAM-2 tracking)
+    interactive_wait: float = 60.0  # GLUS_INTERACTIVE_WAIT: seconds /predict waits for an interactive click job
     max_frames: int = 3000  # GLUS_MAX_FRAMES: longer videos fail with a clear reason
     max_media_bytes: int = 2 * 1024**3  # GLUS_MAX_MEDIA_BYTES
     max_objects: int = 20  # GLUS_MAX_OBJECTS: expressions per task
@@ -109,6 +113,10 @@ class Settings:
             if fields_env
             else cls.expression_fields,
             prelabel_on_import=_bool(_env("GLUS_PRELABEL_ON_IMPORT"), True),
+            whole_video=_bool(_env("GLUS_WHOLE_VIDEO"), True),
+            repropagate_corrections=_bool(_env("GLUS_REPROPAGATE_CORRECTIONS"), True),
+            repropagate_prompt=_env("GLUS_REPROPAGATE_PROMPT", default="seg"),
+            interactive_wait=float(_env("GLUS_INTERACTIVE_WAIT", default="60")),
             max_frames=int(_env("GLUS_MAX_FRAMES", default="3000")),
             max_media_bytes=int(_env("GLUS_MAX_MEDIA_BYTES", default=str(2 * 1024**3))),
             max_objects=int(_env("GLUS_MAX_OBJECTS", default="20")),

@@ -9,8 +9,15 @@ cuts them into tasks of ``--frames-per-task`` frames, attaches the expressions, 
 * ``--storage upload``: frames are uploaded to the project (``commit_to_project=false``) and referenced as
   ``/data/upload/<project>/<file>``.
 
-Each task's data: ``{"frames": [...], "expressions": [...], "video": <name>, "start_frame": <index of its first
-frame in the video>, "frame_step": k, "fps": <fps / k>}``.
+Each task's data: ``{"frames": [...], "expressions": [...], "expressions_text": "Ball: the yellow ball; ...",
+"video": <name>, "start_frame": <index of its first frame in the video>, "frame_step": k, "fps": <fps / k>,
+"chunk": i, "chunks": n}``. ``expressions_text`` is the same objects as one string, for ``<Header
+value="$expressions_text"/>`` (Label Studio shows a list field as nothing). Without ``-e``/``--expressions-file``
+the tasks have no ``expressions``: the labels' ``hint``s (or values) of the project's config are the prompts.
+
+Expressions are checked against the project's labeling config before anything is extracted or imported: an
+expression that names no single label is refused (write it ``"Label: expression"``); see
+:mod:`glus_backend.prompts`. A tail of fewer than half ``--frames-per-task`` frames joins the task before it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from urllib.parse import quote
 import cv2
 from tqdm import tqdm
 
+from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
 from .ls_client import LabelStudioClient, LabelStudioError
+from .prompts import DEFAULT_EXPRESSION_FIELDS, ObjectPrompt, PromptError, extract_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +45,17 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files, or folders of video files")
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
     parser.add_argument(
-        "--expression", "-e", action="append", default=[], help="expression for every video (repeatable)"
+        "--expression",
+        "-e",
+        action="append",
+        default=[],
+        help="expression for every video (repeatable); 'Label: expression' names its label. Default: the "
+        "labeling config's label hints",
     )
-    parser.add_argument("--expressions-file", help='JSON {"<video name>": ["expr", ...]} for per-video expressions')
+    parser.add_argument(
+        "--expressions-file",
+        help='JSON {"<video name>": ["expr" or "Label: expr" or {"text": .., "label": ..}, ...]} per video',
+    )
     parser.add_argument("--frames-per-task", type=int, default=50)
     parser.add_argument("--frame-step", type=int, default=1, help="keep every k-th frame")
     parser.add_argument(
@@ -114,9 +131,47 @@ def extract_frames(video: Path, out_dir: Path, frame_step: int = 1, max_side: in
 
 
 def chunk(items: list, size: int) -> list[list]:
+    """``items`` in runs of ``size``; a last run shorter than half of ``size`` joins the one before it (a task
+    of one or two frames is no use to an annotator, and gives GLUS almost no context)."""
     if size < 1:
         raise ValueError("--frames-per-task must be >= 1")
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    runs = [items[i : i + size] for i in range(0, len(items), size)]
+    if len(runs) > 1 and 2 * len(runs[-1]) < size:
+        runs[-2:] = [runs[-2] + runs[-1]]
+    return runs
+
+
+def expressions_text(prompts: list[ObjectPrompt], labelled: bool) -> str:
+    """The objects as one line for ``<Header value="$expressions_text"/>``; ``labelled``: with their labels, in
+    the ``"Label: expression"`` form the backend reads back."""
+    return "; ".join(f"{p.label}: {p.expression}" if labelled and p.label else p.expression for p in prompts)
+
+
+def _project_config(client: LabelStudioClient | None, project: int) -> ServedConfig | None:
+    if client is None:
+        return None
+    xml = client.get_project(project).get("label_config") or ""
+    try:
+        return parse_label_config(xml)
+    except UnsupportedLabelConfig as exc:
+        raise SystemExit(f"project {project}'s labeling config cannot be served by this backend: {exc}") from None
+
+
+def _objects(video: Path, expressions: list, config: ServedConfig | None) -> tuple[dict, str]:
+    """The task fields naming the objects of ``video`` (``expressions`` and ``expressions_text``), checked against
+    the project's labeling config when there is one."""
+    data = {"expressions": list(expressions)} if expressions else {}
+    if config is None:
+        if not expressions:
+            raise SystemExit(f"no expression for {video.name}: pass --expression or --expressions-file (or a "
+                             "project whose labels have hints, with --label-studio-url and --api-key)")  # fmt: skip
+        texts = [e.get("text", "") if isinstance(e, dict) else str(e) for e in expressions]
+        return data, "; ".join(texts)
+    try:
+        prompts = extract_prompts(data, config, DEFAULT_EXPRESSION_FIELDS)
+    except PromptError as exc:
+        raise SystemExit(f"{video.name}: {exc}") from None
+    return data, expressions_text(prompts, labelled=len(config.label_options()) > 1)
 
 
 def _ensure_local_storage(client: LabelStudioClient, project: int, directory: Path) -> None:
@@ -165,11 +220,21 @@ def import_videos(args: argparse.Namespace) -> dict:
         if not args.label_studio_url or not args.api_key:
             raise SystemExit("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --label-studio-url/--api-key)")
         client = LabelStudioClient(args.label_studio_url, args.api_key)
+    reader = client  # a dry run still checks the expressions against the project when it can reach it
+    if reader is None and args.label_studio_url and args.api_key:
+        reader = LabelStudioClient(args.label_studio_url, args.api_key)
+    config = _project_config(reader, args.project)
+    if config is not None and (config.kind != "frames" or config.value_key != args.frames_field):
+        raise SystemExit(f"project {args.project} labels <{'Video' if config.kind == 'video' else 'Image'} "
+                         f"name='{config.object_name}'> from ${config.value_key}; import-videos makes frame-sequence "
+                         f"tasks in ${args.frames_field}: the project needs <Image valueList=\"${args.frames_field}\">")
+    objects = {}
+    for video in videos:  # every video's objects are checked before any frame is extracted
+        expressions = per_video.get(video.stem, per_video.get(video.name, [])) or args.expression
+        objects[video] = _objects(video, expressions, config)
     tasks = []
     for video in videos:
-        expressions = per_video.get(video.stem, per_video.get(video.name, [])) or args.expression
-        if not expressions:
-            raise SystemExit(f"no expression for {video.name}: pass --expression or --expressions-file")
+        fields, shown = objects[video]
         frames, fps = extract_frames(video, root / video.stem, args.frame_step, args.max_side)
         if args.storage == "local":
             if args.document_root and client is not None:
@@ -180,16 +245,19 @@ def import_videos(args: argparse.Namespace) -> dict:
             urls = _upload_frames(client, args.project, frames)
         else:
             urls = [str(p) for p in frames]
-        for i, part in enumerate(chunk(list(range(len(frames))), args.frames_per_task)):
+        parts = chunk(list(range(len(frames))), args.frames_per_task)
+        for i, part in enumerate(parts):
             tasks.append(
                 {
                     args.frames_field: [urls[j] for j in part],
-                    "expressions": list(expressions),
+                    **fields,
+                    "expressions_text": shown,
                     "video": video.stem,
                     "start_frame": part[0] * args.frame_step,
                     "frame_step": args.frame_step,
                     "fps": fps / args.frame_step,
                     "chunk": i,
+                    "chunks": len(parts),
                 }
             )
     imported = 0

@@ -73,6 +73,7 @@ class WorkerRuntime:
         self._loaded: LoadedModel | None = None
         self._client = None
         self._sweep_client = None
+        self._progress_client = None
 
     def model(self) -> LoadedModel:
         """The model of the version served (Redis, shared by every host), (re)loaded if it changed."""
@@ -110,12 +111,24 @@ class WorkerRuntime:
 
     def sweep_client(self):
         """A Label Studio client for the sweeper: short timeout and no retries, so maintenance never stalls."""
-        if self._sweep_client is None and self.settings.label_studio_url and self.settings.label_studio_api_key:
-            from .ls_client import LabelStudioClient
-
-            self._sweep_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key,
-                                                   timeout=5.0, retries=0)  # fmt: skip
+        if self._sweep_client is None:
+            self._sweep_client = self._quick_client()
         return self._sweep_client
+
+    def progress_client(self):
+        """A client of its own (the sweeper's runs in another thread) for showing a job's progress: short timeout,
+        no retries, so a slow Label Studio never slows the job."""
+        if self._progress_client is None:
+            self._progress_client = self._quick_client()
+        return self._progress_client
+
+    def _quick_client(self):
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return None
+        from .ls_client import LabelStudioClient
+
+        return LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key, timeout=5.0,
+                                 retries=0)  # fmt: skip
 
     def label_studio(self):
         """A Label Studio client from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, or None if not configured."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from .prompting import clean_expression, inference_prompt
 from .tokenizer import GlusTokenizer
 from .video_context import VideoContext
 from .video_io import ArrayFrames, FrameSource
+
+if TYPE_CHECKING:
+    from .repropagation import RepropagationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class SegmentOptions:
     batch_expressions: bool = True  # expressions batched: LLM prompt suffixes (right-padded), SAM-2 decoder + memory
     cache_frames: int = 16  # CLIP / SAM-2 features kept per video (bounded, least recently used out)
     encode_batch: int = 4  # frames encoded together by CLIP and by SAM-2's image encoder
-    # --- throughput (not exact: measured quality cost in the README) ---
+    # --- throughput (not exact: measured quality cost in docs/performance.md) ---
     llm_every: int = 1  # sliding schedule: LLM on every k-th frame, SAM-2 memory propagates the prompt between
 
     def __post_init__(self) -> None:
@@ -221,6 +225,20 @@ class VideoSegmenter:
                         if progress is not None:
                             progress(Progress(done, total, members[member], len(exprs)))
 
+    def repropagate(
+        self,
+        frames: FrameSource | Sequence[np.ndarray] | np.ndarray,
+        expression: str | Expression,
+        corrections: Mapping[int, np.ndarray],
+        options: RepropagationOptions | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Iterator[FrameResult]:
+        """Frames ``L = max(corrections)`` .. end of one object re-segmented from annotators' corrected masks;
+        see :func:`model.repropagation.repropagate`."""
+        from .repropagation import repropagate
+
+        return repropagate(self, frames, expression, corrections, options, progress)
+
     # --- internals ---
     def _video_context(self, source: FrameSource, context: list[int], options: SegmentOptions) -> VideoContext:
         return VideoContext(
@@ -269,17 +287,22 @@ class VideoSegmenter:
         expressions: list[str],
         options: SegmentOptions,
         trace: Callable[[StepTrace], None] | None,
+        banks: list[MemoryBank] | None = None,
+        first_position: int = 0,
     ) -> Iterator[tuple[int, int, FrameResult]]:
         """Segment the frames of one query stream for several expressions in lockstep (one memory bank each);
-        yields ``(stream_position, expression_index, outcome)``."""
+        yields ``(stream_position, expression_index, outcome)``. ``banks`` (one per expression, e.g. holding
+        pinned corrections) replace fresh ones; positions before ``first_position`` are not segmented, only
+        shown to the LLM as earlier query rounds (:mod:`model.repropagation`)."""
         cfg = self.config
         window = cfg.query_window
         use_memory = cfg.use_memory_bank if options.use_memory_bank is None else options.use_memory_bank
-        banks = [MemoryBank(cfg.num_maskmem, options.mem_stride or cfg.mem_stride) for _ in expressions]
+        if banks is None:
+            banks = [MemoryBank(cfg.num_maskmem, options.mem_stride or cfg.mem_stride) for _ in expressions]
         prompt_cache: dict = {}
         last_llm: list[tuple[torch.Tensor | None, float] | None] = [None] * len(expressions)
         step = 1 if options.schedule == "sliding" else window
-        for start in range(0, len(stream), step):
+        for start in range(first_position, len(stream), step):
             if options.schedule == "sliding":
                 positions = [start]
                 rounds = list(range(max(0, start - window + 1), start + 1))

@@ -47,6 +47,17 @@ def test_health_and_setup(backend):
     assert ok.status_code == 200 and ok.get_json()["model_version"] == health["model_version"]
     bad = client.post("/setup", json={"project": "3.1", "schema": "<View><Text name='t' value='$text'/></View>"})
     assert bad.status_code == 400 and "cannot serve" in bad.get_json()["error"]
+    # Label Studio shows only the status line: the reason is in the reason phrase too, on one Latin-1 line
+    assert bad.status == "400 " + " ".join(bad.get_json()["error"].split())
+    assert "no <Image valueList=...> or <Video> object tag" in bad.status
+
+
+def test_reason_phrase_is_one_printable_latin1_line():
+    from glus_backend.server import reason_phrase
+
+    assert reason_phrase("a\nb\tc  d") == "a b c d"
+    assert reason_phrase("label 'Größe' → 'x'") == "label 'Größe' ? 'x'"
+    assert reason_phrase("x" * 700) == "x" * 597 + "..."
 
 
 def test_predict_answers_placeholders_and_enqueues_each_task_once(backend):

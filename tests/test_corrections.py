@@ -66,7 +66,7 @@ def test_regions_are_assigned_to_objects_and_joined():
     assert set(single.objects[0].frames) == {0, 2}
 
 
-def _task(task_id, annotations, expression="the dog"):
+def _task(task_id, annotations, expression="Object: the dog"):
     return {"id": task_id, "data": {"frames": ["a", "b", "c"], "expression": expression}, "annotations": annotations}
 
 
@@ -107,7 +107,7 @@ def test_a_resubmitted_annotation_replaces_the_task_and_a_deleted_one_removes_it
     first = {"id": 10, "updated_at": "1", "result": [_brush("a", 0, _square(0, 0))]}
     corrections.put(_task(1, [first]), first, CONFIG, FRAMES)
     other = {"id": 11, "updated_at": "1", "result": [_brush("b", 2, _square(3, 3))]}
-    corrections.put(_task(2, [other], "the cat"), other, CONFIG, FRAMES)
+    corrections.put(_task(2, [other], "Object: the cat"), other, CONFIG, FRAMES)
     again = {"id": 12, "updated_at": "2", "result": [_brush("c", 1, _square(20, 30))]}  # a new submission of task 1
     corrections.put(_task(1, [first, again]), again, CONFIG, FRAMES)
     assert corrections.task_ids() == [1, 2] and corrections.root == tmp_path / "data" / "mevis" / "project_3"
@@ -124,4 +124,4 @@ def test_a_resubmitted_annotation_replaces_the_task_and_a_deleted_one_removes_it
     assert sorted(held.videos) == ["task1"] and len(held.frame_paths("task1")) == 3
     assert np.array_equal(held.gt_masks("task1", "0")[1], _square(20, 30))
     # the export has only task 2 now: a rebuild keeps the set in line (task 1's frames were removed above)
-    assert corrections.rebuild([_task(2, [other], "the cat")], CONFIG, lambda t: FRAMES)["removed"] == 0
+    assert corrections.rebuild([_task(2, [other], "Object: the cat")], CONFIG, lambda t: FRAMES)["removed"] == 0

@@ -128,11 +128,47 @@ def test_single_label_is_always_used():
     assert extract_prompts({"expression": "a person"}, ONE) == [ObjectPrompt("a person", "Object")]
 
 
-def test_label_found_as_whole_word_case_insensitive_else_first():
+def test_label_found_as_whole_word_case_insensitive_the_longest_match_wins():
     cfg = frames_config("car", "Person", "race car")
-    got = extract_prompts({"expressions": ["The CAR on the left", "the carpet", "a PERSON.", "the race car"]}, cfg)
-    # "the carpet": no whole-word match -> the first label; "the race car": the first match in config order
-    assert [p.label for p in got] == ["car", "car", "Person", "car"]
+    got = extract_prompts({"expressions": ["The CAR on the left", "a PERSON.", "the race car", "a car race"]}, cfg)
+    # "the race car": "car" lies inside the "race car" match; "a car race" names "car" only
+    assert [p.label for p in got] == ["car", "Person", "race car", "car"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "why"),
+    [
+        ("the yellow ball", "names none of the labels 'Car', 'Person'"),
+        ("the carpet", "names none of the labels"),  # no whole-word match
+        ("the person in the car", "names several labels \\('Car', 'Person'\\)"),
+    ],
+)
+def test_an_expression_that_names_no_single_label_is_an_error_saying_how_to_choose(expression, why):
+    with pytest.raises(PromptError, match=f"task field 'expression': the expression '{expression}' {why}.*"
+                                          f"'Car: {expression}'"):  # fmt: skip
+        extract_prompts({"expression": expression}, CAR_PERSON)
+
+
+def test_label_prefix_maps_an_expression_explicitly():
+    got = extract_prompts({"expressions": ["person: the yellow ball", "Car:the tall one", "note: the red car"]},
+                          CAR_PERSON)  # fmt: skip
+    # the config's spelling is kept; "note" is no label, so the whole text is the expression (it names Car)
+    assert got == [ObjectPrompt("the yellow ball", "Person"), ObjectPrompt("the tall one", "Car"),
+                   ObjectPrompt("note: the red car", "Car")]  # fmt: skip
+    assert extract_prompts({"expression": "Person: the man; Car: a van"}, CAR_PERSON) == [
+        ObjectPrompt("the man", "Person"), ObjectPrompt("a van", "Car")]  # fmt: skip
+
+
+def test_a_hint_names_its_label():
+    cfg = frames_config("Ball", "Cup", hints={"Ball": "the yellow ball"})
+    assert extract_prompts({"expression": "The Yellow Ball"}, cfg) == [ObjectPrompt("The Yellow Ball", "Ball")]
+
+
+def test_context_texts_follow_the_same_label_rules():
+    area = {"type": "textarea", "from_name": "p", "value": {"text": ["Person: the yellow ball"]}}
+    assert extract_prompts({}, CAR_PERSON, context={"result": [area]}) == [ObjectPrompt("the yellow ball", "Person")]
+    with pytest.raises(PromptError, match="context key 'text_prompt': the expression 'a ball' names none"):
+        extract_prompts({}, CAR_PERSON, context={"text_prompt": "a ball"})
 
 
 def test_config_without_labels_gives_empty_label():

@@ -199,6 +199,16 @@ class GlusModel(nn.Module):
         with self.sam_precision():
             return sam2_memory.encode_memory(self.sam, conditioned, feats.top_size, lowres_logits)
 
+    def encode_memory_from_mask(
+        self, conditioned: torch.Tensor, feats: sam2_memory.FrameFeatures, masks: torch.Tensor
+    ) -> sam2_memory.MemoryEntry:
+        """Memory of frames whose masks are given (an annotator's correction) rather than decoded: ``(B, H, W)``
+        binary masks at frame resolution, mapped onto SAM-2's square input as the frames are, then encoded as
+        SAM-2 encodes a mask input (logits ``mask * 20 - 10``). ``conditioned`` as for :meth:`encode_memory`."""
+        mask_inputs = sam2_memory.mask_to_sam_input(masks.to(conditioned.device), self.sam_image_size)  # fp32
+        with self.sam_precision():
+            return sam2_memory.encode_memory_from_mask(self.sam, conditioned, feats.top_size, mask_inputs)
+
 
 def seg_state_positions(input_ids: torch.Tensor, seg_token_id: int, tokens_per_image: int) -> torch.Tensor:
     """Positions, in the image-expanded sequence, of the hidden states that predict each ``[SEG]``.

@@ -9,6 +9,11 @@ object pointers and no object-score gating, and encodes each memory from the *me
 3. :func:`decode_masks` - mask decoder prompted by one sparse token per expression (the projected [SEG]
    state) and ``no_mask_embed`` as dense prompt, stability fallback of SAM-2 in eval mode;
 4. :func:`encode_memory` - memory encoder on the conditioned features and the 1024-px upsampled logits.
+
+A frame whose mask is given (an annotator's correction) skips 3: :func:`mask_to_sam_input` maps the mask onto
+SAM-2's square input as the frame is mapped, and :func:`encode_memory_from_mask` encodes it as SAM-2 encodes
+a mask input (``_use_mask_as_output``: logits ``mask * 20 - 10``). :func:`padding_point_prompt` is the prompt
+SAM-2 tracks with when a frame has no prompt at all (its padding point, label -1).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from .memory_bank import MemoryEntry
+
+# SAM-2's logits for a mask given as input (``SAM2Base._use_mask_as_output``): +10 inside, -10 outside.
+MASK_INPUT_SCALE = 20.0
+MASK_INPUT_BIAS = -10.0
 
 # Post-processing build_sam2 applies by default (GLUS builds SAM-2 with it): fall back to the best
 # multimask output when the single-mask output is unstable, in eval mode only.
@@ -160,3 +169,35 @@ def encode_memory(
     mask_for_mem = torch.sigmoid(mask) * sam.sigmoid_scale_for_mem_enc + sam.sigmoid_bias_for_mem_enc
     out = sam.memory_encoder(pix_feat, mask_for_mem, skip_mask_sigmoid=True)
     return MemoryEntry(features=out["vision_features"], pos_enc=out["vision_pos_enc"][-1])
+
+
+def mask_to_sam_input(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, H, W)`` binary masks at frame resolution -> ``(B, 1, size, size)`` float 0/1 masks on SAM-2's square
+    input: resized like the frames (:func:`model.preprocessing.sam_pixel_values`: bilinear, antialias, aspect
+    ratio ignored), then thresholded at 0.5 as SAM-2's video predictor does with a mask prompt."""
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be (B, H, W), got {tuple(masks.shape)}")
+    out = masks.float().unsqueeze(1)
+    if out.shape[-2:] != (size, size):
+        out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (out >= 0.5).float()
+
+
+def encode_memory_from_mask(
+    sam: nn.Module, conditioned: torch.Tensor, top_size: tuple[int, int], mask_inputs: torch.Tensor
+) -> MemoryEntry:
+    """Memory of a frame whose mask is given instead of decoded: ``mask_inputs`` ``(B, 1, S, S)`` 0/1 on SAM-2's
+    input (:func:`mask_to_sam_input`) become logits ``mask * 20 - 10`` (SAM-2's ``_use_mask_as_output``), then
+    the same path as :func:`encode_memory` (sigmoid, scale/bias, memory encoder on ``conditioned``)."""
+    pix_feat = _to_map(conditioned, top_size)
+    logits = (mask_inputs.float() * MASK_INPUT_SCALE + MASK_INPUT_BIAS).to(pix_feat.dtype)
+    mask_for_mem = torch.sigmoid(logits) * sam.sigmoid_scale_for_mem_enc + sam.sigmoid_bias_for_mem_enc
+    out = sam.memory_encoder(pix_feat, mask_for_mem, skip_mask_sigmoid=True)
+    return MemoryEntry(features=out["vision_features"], pos_enc=out["vision_pos_enc"][-1])
+
+
+def padding_point_prompt(sam: nn.Module, batch: int) -> torch.Tensor:
+    """``(B, 2, C)`` sparse prompt of a frame with no prompt, as SAM-2 tracks one (``_forward_sam_heads``): one
+    point with label -1 plus the prompt encoder's padding point, both embedded as ``not_a_point_embed``."""
+    token = sam.sam_prompt_encoder.not_a_point_embed.weight  # (1, C)
+    return token.reshape(1, 1, -1).expand(batch, 2, -1)

@@ -19,11 +19,13 @@ import requests
 from conftest import SHARED_VIDEOS
 from label_studio_sdk.label_interface import LabelInterface
 
+from glus_backend.queues import is_placeholder
+
 from .backend_stack import running_backend, write_frames
 from .backend_stack import wait_for as _wait
 
 FRAMES_CONFIG = """<View>
-  <Header value="$expressions"/>
+  <Header value="$expressions_text"/>
   <Image name="frames" valueList="$frames"/>
   <BrushLabels name="mask" toName="frames"><Label value="Object" background="red"/></BrushLabels>
   <PolygonLabels name="poly" toName="frames"><Label value="Object" background="blue"/></PolygonLabels>
@@ -70,7 +72,7 @@ def _final_predictions(stack, task_id: int) -> list[dict]:
 def _wait_for_predictions(stack, task_ids: list[int], timeout: float = 240) -> dict[int, dict]:
     def done():
         found = {t: _final_predictions(stack, t) for t in task_ids}
-        pending = [p for t in task_ids for p in stack["ls"].predictions(t) if p.get("model_version") == "pending"]
+        pending = [p for t in task_ids for p in stack["ls"].predictions(t) if is_placeholder(p)]
         return found if all(found.values()) and not pending else None
 
     try:
@@ -211,9 +213,11 @@ def test_unsupported_config_is_refused_with_a_clear_message(stack):
         timeout=30,
         json={"project": project, "url": stack["url"], "title": "glus"},
     )
-    # Label Studio refuses the connection; it reports only "400 ... /setup" and drops the backend's reason, so
-    # the reason is checked where users see it: the backend's /setup answer (and its log).
+    # Label Studio refuses the connection and shows the user its requests error, "400 Client Error: <reason phrase>
+    # for url: .../setup": the backend puts the reason there (Label Studio drops the body)
     assert response.status_code == 400 and "/setup" in response.text, response.text[:2000]
+    assert "GLUS backend cannot serve this labeling config" in response.text, response.text[:2000]
+    assert "no <Image valueList=...> or <Video> object tag" in response.text, response.text[:2000]
     config = ls.api.get_project(project)["label_config"]
     setup = requests.post(stack["url"] + "/setup", json={"project": f"{project}.0", "schema": config}, timeout=5)
     assert setup.status_code == 400
