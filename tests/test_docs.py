@@ -27,10 +27,6 @@ PAGES = [README, *DOCS]
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 LAYOUT = ROOT / "docs" / "layout.md"
 
-# The screenshot of a pre-labeled task is taken from a real Label Studio by hand. Until it is committed, the README may
-# link to it. Delete this allow-list (and the test that uses it) once docs/images/prelabeled-task.png exists.
-MISSING_FILES_ALLOWED = {"docs/images/prelabeled-task.png"}
-
 SERVED_MARK = "served labeling config"  # <!-- served labeling config --> on the line before an ```xml block
 EXAMPLE_MARK = re.compile(r"example: (\w+)")  # <!-- example: frame_sequence_results --> before a ```json block
 
@@ -443,19 +439,11 @@ def test_relative_links_and_anchors_resolve():
                 continue
             path, _, anchor = target.partition("#")
             file = (page.parent / path).resolve() if path else page
-            relative = file.relative_to(ROOT).as_posix() if file.is_relative_to(ROOT) else str(file)
             if not file.exists():
-                if relative not in MISSING_FILES_ALLOWED:
-                    broken.append(f"{page.name}: {target} (no such file)")
+                broken.append(f"{page.name}: {target} (no such file)")
             elif anchor and (file.suffix != ".md" or anchor not in anchors(file)):
                 broken.append(f"{page.name}: {target} (no such anchor)")
     assert not broken, "\n".join(broken)
-
-
-def test_missing_files_allow_list_is_still_needed():
-    for relative in MISSING_FILES_ALLOWED:
-        assert not (ROOT / relative).exists(), f"{relative} exists now: delete it from MISSING_FILES_ALLOWED"
-        assert relative in links(README), f"the README no longer links {relative}: delete it from MISSING_FILES_ALLOWED"
 
 
 def test_slug_follows_github():
