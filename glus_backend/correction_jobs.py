@@ -15,11 +15,11 @@ import logging
 from typing import Any
 
 from .corrections import DecodedAnnotation, corrected_frames, decode_annotation
-from .jobs import _frame_files, object_scores, task_prompts
-from .label_config import ServedConfig
+from .jobs import _frame_files, _post, object_scores, task_prompts
+from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
 from .ls_client import LabelStudioClient, LabelStudioError
 from .progress import JobProgress
-from .prompts import ObjectPrompt
+from .prompts import ObjectPrompt, PromptError, extract_prompts
 from .queues import PREDICT, REPROPAGATE_FUNC, JobQueues
 from .results import ObjectTrack, frame_sequence_results, prediction
 from .worker import PermanentJobError, WorkerRuntime, current_runtime
@@ -46,21 +46,18 @@ def parent_prediction(client: LabelStudioClient, annotation: dict) -> dict | Non
 
 
 def corrections_of(annotation: dict, parent: dict | None, config: ServedConfig, prompts: list[ObjectPrompt]
-                   ) -> dict[int, dict[int, Any]]:  # fmt: skip
-    """``{object: {frame: corrected mask}}`` of an annotation against its parent prediction."""
+                   ) -> tuple[DecodedAnnotation, dict[int, dict[int, Any]]]:  # fmt: skip
+    """The annotation's masks, and ``{object: {frame: corrected mask}}`` against its parent prediction."""
     annotated = decode_annotation(annotation.get("result") or [], config, prompts)
     predicted: DecodedAnnotation | None = None
     if parent is not None:
         predicted = decode_annotation(parent.get("result") or [], config, prompts)
-    return corrected_frames(annotated, predicted)
+    return annotated, corrected_frames(annotated, predicted)
 
 
 def enqueue_if_corrected(runtime: WorkerRuntime, task: dict, annotation: dict, project: dict) -> dict:
     """From the ingest job: enqueue a ``repropagate`` job when the annotation corrects an object before the task's
     last frame. Returns what was decided (for the ingest job's result)."""
-    from .label_config import UnsupportedLabelConfig, parse_label_config
-    from .prompts import PromptError, extract_prompts
-
     if not runtime.settings.repropagate_corrections or annotation.get("was_cancelled"):
         return {}
     client = runtime.label_studio()
@@ -72,7 +69,7 @@ def enqueue_if_corrected(runtime: WorkerRuntime, task: dict, annotation: dict, p
     except (UnsupportedLabelConfig, PromptError):
         return {}
     frames = len((task.get("data") or {}).get(config.value_key) or [])
-    corrected = corrections_of(annotation, parent_prediction(client, annotation), config, prompts)
+    _, corrected = corrections_of(annotation, parent_prediction(client, annotation), config, prompts)
     last = {obj: max(found) for obj, found in corrected.items()}
     if not any(frame < frames - 1 for frame in last.values()):
         return {"repropagate": "no correction before the last frame"}
@@ -100,10 +97,9 @@ def repropagate_correction(payload: dict) -> dict:
         raise PermanentJobError("re-propagating a correction reads it from Label Studio: set LABEL_STUDIO_URL and "
                                 "LABEL_STUDIO_API_KEY")  # fmt: skip
     annotation = client.request("GET", f"/api/annotations/{int(payload['annotation_id'])}").json()
-    corrected = corrections_of(annotation, parent_prediction(client, annotation), config, prompts)
+    annotated, corrected = corrections_of(annotation, parent_prediction(client, annotation), config, prompts)
     source = _frame_files(runtime, list(payload["data"][config.value_key]), task_id)
     n = len(source)
-    annotated = decode_annotation(annotation.get("result") or [], config, prompts)
     masks = [[obj.frames.get(i) for i in range(n)] for obj in annotated.objects]
     scores = [[1.0] * n for _ in prompts]
     loaded = runtime.model()
@@ -122,10 +118,7 @@ def repropagate_correction(payload: dict) -> dict:
     version = loaded.version.version + CORRECTED_SUFFIX
     pred = prediction(frame_sequence_results(tracks, config, width, height), object_scores(tracks), version)
     runtime.queues.put_prediction(job_id, pred)
-    posted = runtime.queues.posted(job_id)
-    if posted is None:
-        posted = int(client.create_prediction(task_id, pred["result"], pred["score"], version)["id"])
-        runtime.queues.mark_posted(job_id, posted)
+    posted = _post(runtime, task_id, job_id, pred)  # once, across retries and a crash between post and record
     return {"task_id": task_id, "prediction_id": posted, "model_version": version,
             "objects": {prompts[o].expression: {"last_corrected_frame": max(f), "frames_repropagated": n - 1 - max(f)}
                         for o, f in todo.items()}}  # fmt: skip

@@ -22,10 +22,18 @@ Only the standard library's XML parser is used, so the web process stays light.
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-__all__ = ["ControlSpec", "LabelOption", "ServedConfig", "UnsupportedLabelConfig", "parse_label_config"]
+__all__ = [
+    "ControlSpec",
+    "LabelOption",
+    "ServedConfig",
+    "UnsupportedLabelConfig",
+    "parse_label_config",
+    "served_config",
+]
 
 _FILLABLE_HINT = (
     "no control tag the backend can fill: add <BrushLabels>, <PolygonLabels> (frame sequences) "
@@ -256,6 +264,12 @@ def parse_label_config(xml: str) -> ServedConfig:
     if candidates or single_images:
         problems.append(_FILLABLE_HINT)
     raise UnsupportedLabelConfig("; ".join(dict.fromkeys(problems)))
+
+
+@functools.lru_cache(maxsize=64)
+def served_config(xml: str) -> ServedConfig:
+    """:func:`parse_label_config`, cached: every request and task of a project carries the same config."""
+    return parse_label_config(xml)
 
 
 def _framerate(element: ET.Element) -> float | None:

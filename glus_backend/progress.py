@@ -45,7 +45,6 @@ class JobProgress:
         self.last_shown = 0.0
         self.client: LabelStudioClient | None = None
         self.placeholders: dict[int, int] = {}  # task id -> placeholder prediction id
-        self.failed_posts: set[int] = set()  # tasks whose prediction could not be posted (video jobs)
 
     def show_in_label_studio(self, client: LabelStudioClient | None, task_ids: Iterable[int]) -> None:
         """Give each task a placeholder that shows this job's progress (reusing the task's ``pending`` one)."""

@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 from redis import Redis
@@ -21,9 +20,9 @@ from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from .label_config import UnsupportedLabelConfig, parse_label_config
+from .label_config import UnsupportedLabelConfig, served_config
 from .settings import Settings
-from .video_chunks import ChunkRef, chunk_ref
+from .video_chunks import ChunkRef, chunk_ref, prompt_fields
 
 PREDICT, INGEST, TRAIN = "predict", "ingest", "train"
 QUEUE_KINDS = (PREDICT, INGEST, TRAIN)
@@ -45,11 +44,10 @@ def is_placeholder(prediction: dict) -> bool:
     return not prediction.get("result") and (version == PENDING_MODEL_VERSION or version.startswith(RUNNING_PREFIX))
 
 
-@lru_cache(maxsize=64)
 def _frames_key(label_config: str) -> str | None:
     """The task data key of a frame-sequence config's frame list; None for other (or unservable) configs."""
     try:
-        config = parse_label_config(label_config)
+        config = served_config(label_config)
     except UnsupportedLabelConfig:
         return None
     return config.value_key if config.kind == "frames" else None
@@ -177,8 +175,8 @@ class JobQueues:
         scope = (self.settings.label_studio_url, project_id)
         chunk = _chunk_of(data, label_config) if self.settings.whole_video and project_id is not None else None
         if chunk is not None and context is None:
-            prompt_fields = {f: data[f] for f in self.settings.expression_fields if data.get(f) is not None}
-            job_id = self.job_id(PREDICT, "video", chunk.video, chunk.frame_step, prompt_fields, label_config,
+            objects = prompt_fields(data, self.settings.expression_fields)
+            job_id = self.job_id(PREDICT, "video", chunk.video, chunk.frame_step, objects, label_config,
                                  model_version, *scope)  # fmt: skip
             existing = self.fetch(job_id)
             covered = existing.meta.get("task_ids") if existing is not None else None

@@ -9,7 +9,6 @@ posts the real prediction through the Label Studio API and deletes the placehold
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import logging
@@ -29,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import validation
 from .interactive import ClickRequest, click_request
-from .label_config import ServedConfig, UnsupportedLabelConfig, parse_label_config
+from .label_config import UnsupportedLabelConfig, served_config
 from .queues import (
     DELETE_FUNC,
     FAILED_MODEL_VERSION,
@@ -49,11 +48,6 @@ from .validation import BadRequest
 logger = logging.getLogger(__name__)
 
 MODEL_CLASS = "GLUS"
-
-
-@functools.lru_cache(maxsize=64)
-def _parse_config(xml: str) -> ServedConfig:
-    return parse_label_config(xml)
 
 
 class BackendService:
@@ -230,7 +224,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
         schema, project_id = validation.setup_body(json_body())
         if schema:
             try:
-                _parse_config(schema)
+                served_config(schema)
             except UnsupportedLabelConfig as exc:
                 logger.warning("/setup for project %s refused: %s", project_id, exc)
                 return refuse_config(exc)
@@ -241,7 +235,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, rep
         payload = json_body()
         tasks, label_config, project_id, context = validation.predict_body(payload)
         try:
-            _parse_config(label_config)
+            served_config(label_config)
         except UnsupportedLabelConfig as exc:
             return refuse_config(exc)
         if len(tasks) == 1 and (clicks := click_request(context, tasks[0])) is not None:
@@ -327,7 +321,7 @@ def _on_tasks_created(service: BackendService, payload: dict) -> dict:
     project = payload.get("project") or {}
     label_config = project.get("label_config") or ""
     try:
-        _parse_config(label_config)
+        served_config(label_config)
     except UnsupportedLabelConfig as exc:
         return {"enqueued": 0, "error": str(exc)}
     project_id = validation.project_ref(project or None, "TASKS_CREATED")

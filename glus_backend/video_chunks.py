@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ChunkRef", "VideoFrames", "chunk_ref", "video_frames"]
+__all__ = ["ChunkRef", "VideoFrames", "chunk_ref", "prompt_fields", "video_frames"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,12 @@ class ChunkRef:
     video: str
     start_frame: int
     frame_step: int
+
+
+def prompt_fields(data: dict, fields: Iterable[str]) -> dict:
+    """The task data that decides a task's objects (its expression fields): chunks of one video share a job only
+    when these are equal."""
+    return {f: data[f] for f in fields if data.get(f) is not None}
 
 
 def _index(value: object) -> int | None:

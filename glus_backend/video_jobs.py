@@ -25,7 +25,7 @@ from .jobs import _frame_files, _post, object_scores, segment_frames, task_promp
 from .ls_client import LabelStudioError
 from .progress import JobProgress
 from .results import ObjectTrack, frame_sequence_results, prediction
-from .video_chunks import VideoFrames, video_frames
+from .video_chunks import VideoFrames, prompt_fields, video_frames
 from .worker import PermanentJobError, WorkerRuntime, current_runtime
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,11 @@ def _video_tasks(runtime: WorkerRuntime, payload: dict, frames_key: str) -> Vide
         raise PermanentJobError("a whole-video job reads the video's chunk tasks from Label Studio: set "
                                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or GLUS_WHOLE_VIDEO=false)")  # fmt: skip
     fields = runtime.settings.expression_fields
-
-    def prompt_fields(data: dict) -> dict:
-        return {f: data[f] for f in fields if data.get(f) is not None}
-
     requester = {"id": int(payload["task_id"]), "data": payload.get("data") or {}}
-    wanted = prompt_fields(requester["data"])
-    siblings = [t for t in client.tasks_of_video(int(payload["project_id"]), payload["video"])
-                if prompt_fields(t.get("data") or {}) == wanted and int(t["id"]) != requester["id"]]  # fmt: skip
+    wanted = prompt_fields(requester["data"], fields)
+    tasks = client.tasks_of_video(int(payload["project_id"]), payload["video"])
+    siblings = [t for t in tasks
+                if int(t["id"]) != requester["id"] and prompt_fields(t.get("data") or {}, fields) == wanted]
     return video_frames([requester, *siblings], frames_key, int(payload["frame_step"]))
 
 
@@ -85,8 +82,6 @@ def predict_video(payload: dict) -> dict:
                 _post_chunk(runtime, job_id, task_id, pred, progress)
     failed = []
     for task_id, pred in stored.items():  # chunks stored by an earlier run, and any whose post failed above
-        if task_id in todo and task_id not in progress.failed_posts:
-            continue
         if runtime.queues.posted(job_id, task_id) is None and not _post_chunk(runtime, job_id, task_id, pred, progress):
             failed.append(task_id)
     summary = {
@@ -105,15 +100,14 @@ def predict_video(payload: dict) -> dict:
 
 
 def _post_chunk(runtime: WorkerRuntime, job_id: str, task_id: int, pred: dict, progress: JobProgress) -> bool:
-    """Post one chunk's prediction; a failure is logged and remembered, never raised (the other chunks go on)."""
+    """Post one chunk's prediction; a failure is logged, never raised (the other chunks go on; the result store's
+    ``posted`` marker says which chunks are still to post)."""
     try:
         _post(runtime, task_id, job_id, pred, per_task=True)
     except LabelStudioError as exc:
         logger.warning("posting the prediction of task %d failed (%s): it is stored, the job's retry posts it",
                        task_id, exc)  # fmt: skip
-        progress.failed_posts.add(task_id)
         return False
-    progress.failed_posts.discard(task_id)
     progress.done_with(task_id)
     return True
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .inference import VideoSegmenter
+from .inference import SegmentOptions, VideoSegmenter
 from .modeling import sam2_memory
-from .video_context import VideoContext
 from .video_io import ArrayFrames, FrameSource
 
 
@@ -45,8 +44,7 @@ def mask_from_clicks(
     model = segmenter.model
     sam = model.sam
     size = model.sam_image_size
-    video = VideoContext(model, source, [], segmenter.device, segmenter.dtype, cache_frames=1, encode_batch=1,
-                         use_prefix_cache=False, im_start_id=segmenter.im_start_id)  # fmt: skip
+    video = segmenter._video_context(source, [], SegmentOptions(cache_frames=1, encode_batch=1, prefix_cache=False))
     with torch.inference_mode(), video:
         feats = video.sam_features(index)
         conditioned = model.condition_on_memory(feats, [])

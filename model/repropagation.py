@@ -132,7 +132,7 @@ def _repropagate(
     options: RepropagationOptions,
     progress: Callable[[Progress], None] | None,
 ) -> Iterator[FrameResult]:
-    model, cfg, seg = segmenter.model, segmenter.config, options.segment
+    cfg, seg = segmenter.config, options.segment
     n = len(source)
     last = max(masks)
     earlier = [k for k in masks if k < last][-options.max_earlier :] if options.max_earlier else []
@@ -141,17 +141,7 @@ def _repropagate(
     context = context_frame_indices(n, cfg.context_frames) if use_llm and seg.context_frames else []
     logger.debug("re-propagating frames %d..%d, pinned corrections %s, prompt %s", last, n - 1,
                  [*earlier, last], options.prompt)  # fmt: skip
-    video = VideoContext(
-        model,
-        source,
-        context,
-        segmenter.device,
-        segmenter.dtype,
-        cache_frames=seg.cache_frames,
-        encode_batch=seg.encode_batch,
-        use_prefix_cache=seg.prefix_cache,
-        im_start_id=segmenter.im_start_id,
-    )
+    video = segmenter._video_context(source, context, seg)
     with torch.inference_mode(), video:
         bank = MemoryBank(cfg.num_maskmem, seg.mem_stride or cfg.mem_stride)
         video.prefetch([*earlier, *stream[: 2 * video.encode_batch]])

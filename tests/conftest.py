@@ -1,3 +1,4 @@
+import contextlib
 import sys
 from pathlib import Path
 
@@ -88,3 +89,31 @@ def redis_prefix(request):
     created: list[str] = []
     yield redis, prefix, created
     delete_test_keys(redis, prefix, created)
+
+
+@contextlib.contextmanager
+def job_runtime(redis_prefix, tmp_path, model, frames):
+    """A worker runtime as the job functions see it (``current_runtime()``): ``model`` saved as the checkpoint,
+    real Redis under the test's prefix, ``frames`` (RGB arrays) under the local-files root as ``v/00000.png`` ...
+    (URLs ``/data/local-files/?d=v/00000.png``), CPU. Tests replace ``label_studio`` with a fake."""
+    import cv2
+
+    from glus_backend import worker
+    from glus_backend.settings import Settings
+    from model.checkpoint import save_pretrained
+
+    redis, prefix, _ = redis_prefix
+    save_pretrained(*model, tmp_path / "ckpt")
+    root = tmp_path / "files"
+    (root / "v").mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(root / "v" / f"{t:05d}.png"), frame)
+    settings = Settings(queue_prefix=prefix, model_dir=tmp_path / "model_dir", checkpoint=str(tmp_path / "ckpt"),
+                        local_files_root=root, label_studio_url="http://ls.invalid", label_studio_api_key="k",
+                        device="cpu")  # fmt: skip
+    runtime = worker.WorkerRuntime(settings, redis)
+    token = worker._RUNTIME.set(runtime)
+    try:
+        yield runtime
+    finally:
+        worker._RUNTIME.reset(token)

@@ -3,15 +3,14 @@ job with a fake Label Studio and the tiny model."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
+from conftest import job_runtime
 
 from glus_backend.corrections import DecodedAnnotation, ObjectMasks, corrected_frames
 from glus_backend.label_config import parse_label_config
 from glus_backend.prompts import ObjectPrompt
 from glus_backend.results import ObjectTrack, frame_sequence_results
-from glus_backend.settings import Settings
 
 CONFIG = """<View><Image name="frames" valueList="$frames"/>
 <BrushLabels name="mask" toName="frames"><Label value="Ball" hint="the ball"/><Label value="Cup" hint="the cup"/>
@@ -60,27 +59,22 @@ class FakeLabelStudio:
         self.created.append({"id": 99, "task": task_id, "result": result, "model_version": model_version})
         return self.created[-1]
 
+    def list_predictions(self, task_id):
+        return [p for p in self.created if p["task"] == task_id]
+
+    def delete_prediction(self, prediction_id):
+        raise AssertionError("the re-propagated prediction deletes nothing here (no placeholders)")
+
 
 @pytest.fixture
 def runtime(redis_prefix, tmp_path, tiny):
-    from glus_backend import worker
-    from model.checkpoint import save_pretrained
-
-    redis, prefix, _ = redis_prefix
-    save_pretrained(*tiny, tmp_path / "ckpt")
-    root = tmp_path / "files"
-    (root / "v").mkdir(parents=True)
+    frames = []
     for t in range(N):
         frame = np.full((H, W, 3), 80, np.uint8)
         frame[4:16, 4 + 4 * t : 16 + 4 * t] = (220, 200, 30)
-        cv2.imwrite(str(root / "v" / f"{t:05d}.png"), frame)
-    settings = Settings(queue_prefix=prefix, model_dir=tmp_path / "model_dir", checkpoint=str(tmp_path / "ckpt"),
-                        local_files_root=root, label_studio_url="http://ls.invalid", label_studio_api_key="k",
-                        device="cpu")  # fmt: skip
-    runtime = worker.WorkerRuntime(settings, redis)
-    token = worker._RUNTIME.set(runtime)
-    yield runtime
-    worker._RUNTIME.reset(token)
+        frames.append(frame)
+    with job_runtime(redis_prefix, tmp_path, tiny, frames) as runtime:
+        yield runtime
 
 
 def _results(ball: list, cup: list) -> list[dict]:

@@ -3,9 +3,9 @@ end, and the job itself with a fake Label Studio: one pass, one prediction per c
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
+from conftest import job_runtime
 
 from glus_backend.ls_client import LabelStudioError
 from glus_backend.queues import JobQueues, is_placeholder
@@ -147,27 +147,16 @@ class FakeLabelStudio:
 @pytest.fixture
 def video_runtime(redis_prefix, tmp_path, tiny):
     """A worker runtime (tiny model, real Redis) whose Label Studio is a :class:`FakeLabelStudio` of 3 chunks."""
-    from glus_backend import worker
-    from model.checkpoint import save_pretrained
-
-    redis, prefix, _ = redis_prefix
-    save_pretrained(*tiny, tmp_path / "ckpt")
-    root = tmp_path / "files"
-    (root / "v").mkdir(parents=True)
+    frames = []
     for t in range(10):
         frame = np.full((48, 64, 3), 80, np.uint8)
         frame[10:30, 4 + 4 * t : 24 + 4 * t] = (30, 30, 220)
-        cv2.imwrite(str(root / "v" / f"{t:05d}.png"), frame)
-    settings = Settings(queue_prefix=prefix, model_dir=tmp_path / "model_dir", checkpoint=str(tmp_path / "ckpt"),
-                        local_files_root=root, label_studio_url="http://ls.invalid", label_studio_api_key="k",
-                        device="cpu")  # fmt: skip
-    runtime = worker.WorkerRuntime(settings, redis)
-    fake = FakeLabelStudio([_chunk(1, 0, 4), _chunk(2, 4, 4), _chunk(3, 8, 2)])
-    runtime.label_studio = lambda: fake
-    runtime.progress_client = lambda: fake
-    token = worker._RUNTIME.set(runtime)
-    yield runtime, fake
-    worker._RUNTIME.reset(token)
+        frames.append(frame)
+    with job_runtime(redis_prefix, tmp_path, tiny, frames) as runtime:
+        fake = FakeLabelStudio([_chunk(1, 0, 4), _chunk(2, 4, 4), _chunk(3, 8, 2)])
+        runtime.label_studio = lambda: fake
+        runtime.progress_client = lambda: fake
+        yield runtime, fake
 
 
 def _payload(runtime, task):

@@ -121,6 +121,17 @@ def running_backend(label_studio, redis_url: str, tmp: Path, env: dict[str, str]
         delete_test_keys(redis, prefix, job_ids)
 
 
+@contextmanager
+def tiny_model_backend(label_studio, redis_url: str, tmp: Path) -> Iterator[dict]:
+    """:func:`running_backend` serving a seeded random glus-tiny whose LLM predicts [SEG] (so masks exist)."""
+    from model.checkpoint import save_pretrained
+    from model.factory import random_model
+
+    save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
+    with running_backend(label_studio, redis_url, tmp, {"GLUS_CHECKPOINT": str(tmp / "ckpt")}) as running:
+        yield running
+
+
 def write_frames(ls, rel: str, n: int, size: tuple[int, int] = (320, 180)) -> list[str]:
     """The first ``n`` frames of a real video (sam2's bedroom.mp4), resized, under Label Studio's local-files root;
     their ``/data/local-files`` URLs."""

@@ -20,7 +20,7 @@ from rq.registry import FinishedJobRegistry
 
 from glus_backend.queues import is_placeholder
 
-from .backend_stack import running_backend, wait_for
+from .backend_stack import tiny_model_backend, wait_for, write_frames
 
 HINTS_CONFIG = """<View>
   <Header value="$expressions_text"/>
@@ -33,12 +33,7 @@ HINTS_CONFIG = """<View>
 
 @pytest.fixture(scope="module")
 def stack(label_studio, redis_url, tmp_path_factory):
-    from model.checkpoint import save_pretrained
-    from model.factory import random_model
-
-    tmp = tmp_path_factory.mktemp("glus-annotator")
-    save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
-    with running_backend(label_studio, redis_url, tmp, {"GLUS_CHECKPOINT": str(tmp / "ckpt")}) as running:
+    with tiny_model_backend(label_studio, redis_url, tmp_path_factory.mktemp("glus-annotator")) as running:
         yield running
 
 
@@ -151,7 +146,6 @@ def test_a_submitted_correction_is_repropagated_to_the_later_frames(stack):
 
     from glus_backend.rle import mask_to_rle, rle_to_mask
 
-    from .backend_stack import write_frames
 
     ls = stack["ls"]
     project = ls.create_project("correct-one-frame", HINTS_CONFIG)
@@ -213,7 +207,6 @@ def test_an_interactive_click_repropagates_the_object_from_the_clicked_frame(sta
 
     from glus_backend.rle import mask_to_rle, rle_to_mask
 
-    from .backend_stack import write_frames
 
     ls = stack["ls"]
     project = ls.create_project("click-to-propagate", CLICK_CONFIG)

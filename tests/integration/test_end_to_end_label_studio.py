@@ -21,7 +21,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from glus_backend.queues import is_placeholder
 
-from .backend_stack import running_backend, write_frames
+from .backend_stack import tiny_model_backend, write_frames
 from .backend_stack import wait_for as _wait
 
 FRAMES_CONFIG = """<View>
@@ -39,12 +39,7 @@ VIDEO_CONFIG = """<View>
 
 @pytest.fixture(scope="module")
 def stack(label_studio, redis_url, tmp_path_factory):
-    from model.checkpoint import save_pretrained
-    from model.factory import random_model
-
-    tmp = tmp_path_factory.mktemp("glus-stack")
-    save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
-    with running_backend(label_studio, redis_url, tmp, {"GLUS_CHECKPOINT": str(tmp / "ckpt")}) as running:
+    with tiny_model_backend(label_studio, redis_url, tmp_path_factory.mktemp("glus-stack")) as running:
         yield running
 
 

@@ -15,7 +15,7 @@ from conftest import ROOT
 from glus_backend.queues import is_placeholder
 from glus_backend.rle import mask_to_rle, rle_to_mask
 
-from .backend_stack import running_backend, wait_for, write_frames
+from .backend_stack import tiny_model_backend, wait_for, write_frames
 from .browser import ensure_browser, labeling_page
 
 SHOTS = ROOT / "tmp" / "test-artifacts" / "labeling-page"
@@ -36,13 +36,8 @@ W, H = 320, 180
 
 @pytest.fixture(scope="module")
 def stack(label_studio, redis_url, tmp_path_factory):
-    from model.checkpoint import save_pretrained
-    from model.factory import random_model
-
     ensure_browser()  # installs Debian's chromium and playwright when missing (scripts/install_browser.sh)
-    tmp = tmp_path_factory.mktemp("glus-page")
-    save_pretrained(*random_model("glus-tiny", seed=0, seg_logit_bias=20.0), tmp / "ckpt")
-    with running_backend(label_studio, redis_url, tmp, {"GLUS_CHECKPOINT": str(tmp / "ckpt")}) as running:
+    with tiny_model_backend(label_studio, redis_url, tmp_path_factory.mktemp("glus-page")) as running:
         yield running
 
 
