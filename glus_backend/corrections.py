@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .label_config import ServedConfig, parse_label_config
+from .label_config import ServedConfig, parse_label_config, result_labels
 from .prompts import ObjectPrompt
 from .rle import rle_to_mask
 
@@ -65,19 +65,11 @@ def _region_mask(result: dict, height: int, width: int) -> np.ndarray | None:
     return None
 
 
-def _labels_of(result: dict) -> list[str]:
-    value = result.get("value") or {}
-    for key in ("brushlabels", "polygonlabels", "labels", "rectanglelabels"):
-        if value.get(key):
-            return list(value[key])
-    return []
-
-
 def _assign(result: dict, prompts: list[ObjectPrompt]) -> int | None:
     match = _OUR_REGION_ID.match(str(result.get("id", "")))
     if match and int(match.group(1)) < len(prompts):
         return int(match.group(1))
-    labels = _labels_of(result)
+    labels = result_labels(result)
     carriers = [i for i, p in enumerate(prompts) if p.label in labels]
     if len(carriers) == 1:
         return carriers[0]

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .label_config import result_labels
+
 __all__ = ["ClickRequest", "click_request"]
 
 _MASK_TYPES = ("brushlabels", "polygonlabels")
@@ -40,14 +42,6 @@ class ClickRequest:
     seed_results: list[dict]
 
 
-def _labels(result: dict) -> list[str]:
-    value = result.get("value") or {}
-    for key in ("keypointlabels", "brushlabels", "polygonlabels", "labels"):
-        if isinstance(value.get(key), list):
-            return [str(v) for v in value[key]]
-    return []
-
-
 def click_request(context: Any, task: dict) -> ClickRequest | None:
     """The click request in an interactive ``context``, or None when it has no smart KeyPoint clicks.
 
@@ -56,16 +50,16 @@ def click_request(context: Any, task: dict) -> ClickRequest | None:
     if not isinstance(context, dict) or not isinstance(context.get("result"), list):
         return None
     points = [r for r in context["result"] if isinstance(r, dict) and r.get("type") == "keypointlabels"]
-    points = [r for r in points if isinstance(r.get("value"), dict) and _labels(r)]
+    points = [r for r in points if isinstance(r.get("value"), dict) and result_labels(r)]
     if not points:
         return None
     last = points[-1]
-    frame, label = int(last.get("item_index") or 0), _labels(last)[0]
+    frame, label = int(last.get("item_index") or 0), result_labels(last)[0]
     clicks = [
         {"x": float(r["value"].get("x", 0.0)), "y": float(r["value"].get("y", 0.0)),
          "positive": r.get("is_positive", True) is not False}
         for r in points
-        if int(r.get("item_index") or 0) == frame and label in _labels(r)
+        if int(r.get("item_index") or 0) == frame and label in result_labels(r)
     ]  # fmt: skip
     return ClickRequest(frame, label, clicks, _seed_results(task, frame, label))
 
@@ -82,5 +76,5 @@ def _seed_results(task: dict, frame: int, label: str) -> list[dict]:
         r
         for r in latest.get("result") or []
         if isinstance(r, dict) and r.get("type") in _MASK_TYPES and int(r.get("item_index") or 0) == frame
-        and label in _labels(r)
+        and label in result_labels(r)
     ]  # fmt: skip

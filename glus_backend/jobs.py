@@ -217,8 +217,10 @@ def _post(runtime: WorkerRuntime, task_id: int, job_id: str, pred: dict, per_tas
             created = client.create_prediction(task_id, pred["result"], pred["score"], pred["model_version"])
             posted = int(created["id"])
         runtime.queues.mark_posted(job_id, posted, key)
-    delete_placeholders(client, existing)
+    # settle first: should deleting the placeholders fail (Label Studio gone right after the post), the retry
+    # skips the posted task, and the sweeper still tidies it once Label Studio answers
     runtime.queues.settle_later(job_id, task_id, posted, pred["model_version"])
+    delete_placeholders(client, existing)
     return posted
 
 

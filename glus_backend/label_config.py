@@ -32,6 +32,7 @@ __all__ = [
     "ServedConfig",
     "UnsupportedLabelConfig",
     "parse_label_config",
+    "result_labels",
     "served_config",
 ]
 
@@ -48,6 +49,23 @@ _TAG_NAMES = {
     "labels": "Labels",
     "textarea": "TextArea",
 }
+
+
+_RESULT_LABEL_KEYS = ("brushlabels", "polygonlabels", "keypointlabels", "rectanglelabels", "labels")
+
+
+def result_labels(result: dict) -> list[str]:
+    """The labels of one Label Studio result (a region): the list under its ``type`` in its ``value``
+    (``{"type": "brushlabels", "value": {"brushlabels": ["Cup"]}}``), else under any labels key."""
+    value = result.get("value") if isinstance(result, dict) else None
+    if not isinstance(value, dict):
+        return []
+    kind = result.get("type")
+    for key in (kind, *_RESULT_LABEL_KEYS) if isinstance(kind, str) else _RESULT_LABEL_KEYS:
+        labels = value.get(key)
+        if isinstance(labels, list) and labels:
+            return [str(v) for v in labels]
+    return []
 
 
 class UnsupportedLabelConfig(ValueError):

@@ -44,7 +44,7 @@ def mask_from_clicks(
     model = segmenter.model
     sam = model.sam
     size = model.sam_image_size
-    video = segmenter._video_context(source, [], SegmentOptions(cache_frames=1, encode_batch=1, prefix_cache=False))
+    video = segmenter.open_video(source, [], SegmentOptions(cache_frames=1, encode_batch=1, prefix_cache=False))
     with torch.inference_mode(), video:
         feats = video.sam_features(index)
         conditioned = model.condition_on_memory(feats, [])

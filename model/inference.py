@@ -207,7 +207,7 @@ class VideoSegmenter:
         context = context_frame_indices(n, self.config.context_frames) if options.context_frames else []
         total = n * len(exprs)
         done = 0
-        with torch.inference_mode(), self._video_context(source, context, options) as video:
+        with torch.inference_mode(), self.open_video(source, context, options) as video:
             keys = [self._key_frame(video, expr, options) for expr in exprs]
             groups: dict[int, list[int]] = {}
             for index, key in enumerate(keys):
@@ -215,7 +215,7 @@ class VideoSegmenter:
             for key, members in groups.items():
                 passes = [list(range(key, n))] + ([list(range(key, -1, -1))] if key > 0 else [])
                 for pass_index, stream in enumerate(passes):
-                    for position, member, result in self._run_streams(
+                    for position, member, result in self.run_stream(
                         video, stream, [exprs[i].text for i in members], options, trace
                     ):
                         if pass_index > 0 and position == 0:
@@ -239,8 +239,10 @@ class VideoSegmenter:
 
         return repropagate(self, frames, expression, corrections, options, progress)
 
-    # --- internals ---
-    def _video_context(self, source: FrameSource, context: list[int], options: SegmentOptions) -> VideoContext:
+    def open_video(self, source: FrameSource, context: list[int], options: SegmentOptions) -> VideoContext:
+        """The per-call state of one video (lazily decoded frames, bounded feature caches, the context frames'
+        LLM prefix); a context manager. A building block of :meth:`run_stream` callers such as
+        :mod:`model.repropagation`: :meth:`segment_stream` opens its own."""
         return VideoContext(
             self.model,
             source,
@@ -253,34 +255,7 @@ class VideoSegmenter:
             im_start_id=self.im_start_id,
         )
 
-    def _key_frame(self, video: VideoContext, expr: Expression, options: SegmentOptions) -> int:
-        source = video.source
-
-        def probe(index: int) -> FrameProbe:
-            ((_, _, result),) = self._run_streams(video, [index], [expr.text], options, None)
-            return FrameProbe(result.seg_probability, result.score, int(result.mask.sum()))
-
-        request = KeyFrameRequest(
-            expr.text, len(source), list(source.frame_names), probe, options.video_id, expr.exp_id
-        )
-        key = int(options.key_frames.select(request))
-        if not 0 <= key < len(source):
-            raise ValueError(f"key frame {key} out of range for a {len(source)}-frame video")
-        return key
-
-    def _prompt_ids(
-        self, expression: str, num_context: int, num_query: int, open_last: bool, cache: dict
-    ) -> torch.Tensor:
-        key = (expression, num_context, num_query, open_last)
-        if key not in cache:
-            text = inference_prompt(
-                expression, num_context, num_query, open_last, self.config.open_prompt_trailing_space
-            )
-            ids = self.tokenizer.encode_prompt(text)
-            cache[key] = torch.tensor(ids, device=self.device)
-        return cache[key]
-
-    def _run_streams(
+    def run_stream(
         self,
         video: VideoContext,
         stream: list[int],
@@ -290,10 +265,11 @@ class VideoSegmenter:
         banks: list[MemoryBank] | None = None,
         first_position: int = 0,
     ) -> Iterator[tuple[int, int, FrameResult]]:
-        """Segment the frames of one query stream for several expressions in lockstep (one memory bank each);
-        yields ``(stream_position, expression_index, outcome)``. ``banks`` (one per expression, e.g. holding
-        pinned corrections) replace fresh ones; positions before ``first_position`` are not segmented, only
-        shown to the LLM as earlier query rounds (:mod:`model.repropagation`)."""
+        """Segment one query stream (frame indices, in the order the memory bank sees them) for several
+        expressions in lockstep (one memory bank each); yields ``(stream_position, expression_index, outcome)``.
+        ``banks`` (one per expression, e.g. holding pinned corrections) replace fresh ones; positions before
+        ``first_position`` are not segmented, only shown to the LLM as earlier query rounds
+        (:mod:`model.repropagation`). ``video`` comes from :meth:`open_video`."""
         cfg = self.config
         window = cfg.query_window
         use_memory = cfg.use_memory_bank if options.use_memory_bank is None else options.use_memory_bank
@@ -377,6 +353,34 @@ class VideoSegmenter:
                     if step_trace is not None:
                         trace(step_trace)
                     yield position, e, outcome
+
+    # --- internals ---
+    def _key_frame(self, video: VideoContext, expr: Expression, options: SegmentOptions) -> int:
+        source = video.source
+
+        def probe(index: int) -> FrameProbe:
+            ((_, _, result),) = self.run_stream(video, [index], [expr.text], options, None)
+            return FrameProbe(result.seg_probability, result.score, int(result.mask.sum()))
+
+        request = KeyFrameRequest(
+            expr.text, len(source), list(source.frame_names), probe, options.video_id, expr.exp_id
+        )
+        key = int(options.key_frames.select(request))
+        if not 0 <= key < len(source):
+            raise ValueError(f"key frame {key} out of range for a {len(source)}-frame video")
+        return key
+
+    def _prompt_ids(
+        self, expression: str, num_context: int, num_query: int, open_last: bool, cache: dict
+    ) -> torch.Tensor:
+        key = (expression, num_context, num_query, open_last)
+        if key not in cache:
+            text = inference_prompt(
+                expression, num_context, num_query, open_last, self.config.open_prompt_trailing_space
+            )
+            ids = self.tokenizer.encode_prompt(text)
+            cache[key] = torch.tensor(ids, device=self.device)
+        return cache[key]
 
     def _segment_frame(
         self,

@@ -141,7 +141,7 @@ def _repropagate(
     context = context_frame_indices(n, cfg.context_frames) if use_llm and seg.context_frames else []
     logger.debug("re-propagating frames %d..%d, pinned corrections %s, prompt %s", last, n - 1,
                  [*earlier, last], options.prompt)  # fmt: skip
-    video = segmenter._video_context(source, context, seg)
+    video = segmenter.open_video(source, context, seg)
     with torch.inference_mode(), video:
         bank = MemoryBank(cfg.num_maskmem, seg.mem_stride or cfg.mem_stride)
         video.prefetch([*earlier, *stream[: 2 * video.encode_batch]])
@@ -150,7 +150,7 @@ def _repropagate(
         results: Iterator[FrameResult] = iter([FrameResult(last, masks[last].copy(), 1.0, True, 1.0)])
         if use_llm:
             # GLUS's own loop over the stream, seeded bank, frame L shown to the LLM but not segmented again
-            steps = segmenter._run_streams(video, stream, [text], seg, None, banks=[bank], first_position=1)
+            steps = segmenter.run_stream(video, stream, [text], seg, None, banks=[bank], first_position=1)
             later: Iterator[FrameResult] = (result for _, _, result in steps)
         else:
             later = _track(segmenter, video, stream, bank)

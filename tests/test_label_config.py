@@ -2,7 +2,13 @@
 
 import pytest
 
-from glus_backend.label_config import ControlSpec, LabelOption, UnsupportedLabelConfig, parse_label_config
+from glus_backend.label_config import (
+    ControlSpec,
+    LabelOption,
+    UnsupportedLabelConfig,
+    parse_label_config,
+    result_labels,
+)
 
 FRAMES_BOTH = """
 <View>
@@ -193,3 +199,21 @@ def test_unsupported_configs_say_what_is_missing(xml, expected):
         parse_label_config(xml)
     assert expected in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        ({"type": "brushlabels", "value": {"format": "rle", "rle": [1], "brushlabels": ["Cup"]}}, ["Cup"]),
+        ({"type": "polygonlabels", "value": {"points": [], "polygonlabels": ["Car", "Red"]}}, ["Car", "Red"]),
+        # a smart KeyPoint click carries both keys; its type's key decides
+        ({"type": "keypointlabels", "value": {"labels": ["A"], "keypointlabels": ["B"]}}, ["B"]),
+        ({"value": {"rectanglelabels": ["Dog"]}}, ["Dog"]),  # no type: any labels key
+        ({"type": "brushlabels", "value": {"brushlabels": []}}, []),
+        ({"type": "brushlabels", "value": "not a dict"}, []),
+        ({"type": "brushlabels"}, []),
+        ("not a result", []),
+    ],
+)
+def test_result_labels_reads_a_regions_labels(result, expected):
+    assert result_labels(result) == expected

@@ -117,6 +117,7 @@ class FakeLabelStudio:
         self.tasks = {t["id"]: t for t in tasks}
         self.predictions: dict[int, dict] = {}
         self.fail_posts: dict[int, int] = {}
+        self.fail_deletes = 0  # prediction DELETEs refused (Label Studio gone right after a post)
         self.updates: list[tuple[int, str]] = []
         self.next_id = 1
 
@@ -141,6 +142,9 @@ class FakeLabelStudio:
         return self.predictions[prediction_id]
 
     def delete_prediction(self, prediction_id):
+        if self.fail_deletes:
+            self.fail_deletes -= 1
+            raise LabelStudioError("connection refused", transient=True)
         self.predictions.pop(prediction_id, None)
 
 
@@ -192,6 +196,29 @@ def test_one_pass_posts_every_chunk_and_a_failed_post_loses_nothing(video_runtim
     assert summary["task_ids"] == [1, 2, 3] and summary["frames"] == 10
     stored = runtime.queues.get_prediction(payload["job_id"], 2)["result"]
     assert [r for p in fake.predictions.values() if p["task"] == 2 for r in p["result"]] == stored
+
+
+def test_label_studio_gone_between_a_post_and_its_placeholder_delete_leaves_the_task_to_the_sweeper(video_runtime):
+    """Found by the fault test (tests/integration/test_faults.py): a chunk posted, then Label Studio gone before its
+    placeholder was deleted. The post is recorded once and the task is queued for the sweeper's tidy before the
+    delete is tried, so the placeholder does not outlive Label Studio's return."""
+    import json
+
+    from glus_backend import video_jobs
+    from glus_backend.maintenance import tidy_task
+
+    runtime, fake = video_runtime
+    payload = _payload(runtime, fake.tasks[1])
+    fake.fail_deletes = 1  # the first placeholder delete: task 1's, right after its post
+    video_jobs.predict_video(payload)
+    posted = runtime.queues.posted(payload["job_id"], 1)
+    assert posted is not None and [p["id"] for p in fake.list_predictions(1) if not is_placeholder(p)] == [posted]
+    assert [p for p in fake.list_predictions(1) if is_placeholder(p)]  # still there: the delete failed
+    to_settle = [json.loads(e) for e in runtime.queues.redis.zrange(runtime.queues.key("to-settle"), 0, -1)]
+    entry = next(e for e in to_settle if e["task_id"] == 1)
+    assert entry["prediction_id"] == posted
+    tidy_task(fake, entry["task_id"], entry["prediction_id"], entry["model_version"])  # what the sweeper does
+    assert [p["id"] for p in fake.list_predictions(1)] == [posted]
 
 
 def test_the_whole_video_pass_equals_one_segment_call_over_all_frames(video_runtime):

@@ -25,6 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def load_factor() -> float:
+    """How much slower than idle this machine runs now, roughly: the 1-minute load average per core, at least 1.
+    Every wait below is multiplied by it, so that a loaded CI machine gets proportionally longer."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def work_budget(frames: int, objects: int = 1, per_frame_s: float = 1.0, base_s: float = 60.0) -> float:
+    """Seconds to allow a worker for ``frames`` x ``objects`` of tiny-model work: a start-up ``base_s`` (model load,
+    Label Studio round trips) plus ``per_frame_s`` per frame and object (the tiny model takes ~0.05 s on this CPU),
+    scaled by :func:`load_factor`."""
+    return (base_s + per_frame_s * frames * objects) * load_factor()
+
+
+def ui_budget(seconds: float = 30.0) -> float:
+    """Seconds to allow the labeling page for one step (a load, a render), scaled by :func:`load_factor`."""
+    return seconds * load_factor()
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     """``predicate()``'s first truthy value, polled until ``timeout`` seconds."""
     deadline = time.time() + timeout

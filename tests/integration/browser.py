@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .backend_stack import ui_budget
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,18 +126,20 @@ class LabelingPage:
         if "/user/login" in self.page.url:
             raise RuntimeError(f"login as {email} failed (still on {self.page.url})")
 
-    def open_task(self, project_id: int, task_id: int, timeout_s: float = 60.0) -> None:
+    def open_task(self, project_id: int, task_id: int, timeout_s: float | None = None) -> None:
         self.page.goto(f"{self.base_url}/projects/{project_id}/data?task={task_id}")
         self.wait_ready(timeout_s)
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Until the editor has an annotation selected and the current image(s) are loaded."""
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until the editor has an annotation selected and the current image(s) are loaded (default: a minute at
+        idle, scaled by the machine's load)."""
+        timeout_s = timeout_s or ui_budget(60)
         self.page.wait_for_function(_READY_JS, timeout=timeout_s * 1000)
         # the store is ready before React has rendered the editor: wait for the canvas too
         self.page.locator(".lsf-main-view__annotation canvas").first.wait_for(state="visible", timeout=timeout_s * 1000)
         self.page.wait_for_timeout(300)
 
-    def reload(self, timeout_s: float = 60.0) -> None:
+    def reload(self, timeout_s: float | None = None) -> None:
         self.page.reload()
         self.wait_ready(timeout_s)
 
@@ -160,7 +164,7 @@ class LabelingPage:
         js = "(n) => window.Htx.annotationStore.selected.names.get(n).imageEntities.length"
         return int(self.js(js, self.image_tag(image)))
 
-    def goto_item(self, index: int, image: str | None = None, timeout_s: float = 30.0) -> None:
+    def goto_item(self, index: int, image: str | None = None, timeout_s: float | None = None) -> None:
         """Show page ``index`` (0-based, = ``item_index``) of a multi-image task and wait for its image."""
         name = self.image_tag(image)
         self.js("([n, i]) => window.Htx.annotationStore.selected.names.get(n).setCurrentImage(i)", [name, index])
@@ -366,7 +370,7 @@ def browser_page(
                         " for (const k in kv) localStorage.setItem(k, kv[k]); })()"
                     )
                 page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                page.set_default_timeout(30_000)
+                page.set_default_timeout(ui_budget(30) * 1000)
                 lp = LabelingPage(page, base_url, screenshots_dir)
                 lp.login(email, password)
                 yield lp
@@ -386,7 +390,7 @@ def labeling_page(
     auto_accept: bool | None = None,
     screenshots_dir: Path | None = None,
     viewport: tuple[int, int] = (1600, 1000),
-    timeout_s: float = 90.0,
+    timeout_s: float | None = None,
 ) -> Iterator[LabelingPage]:
     """Log in as the admin and open ``/projects/<pid>/data?task=<tid>``, waiting until the image(s) rendered.
 

@@ -20,7 +20,7 @@ from rq.registry import FinishedJobRegistry
 
 from glus_backend.queues import is_placeholder
 
-from .backend_stack import tiny_model_backend, wait_for, write_frames
+from .backend_stack import tiny_model_backend, wait_for, work_budget, write_frames
 
 HINTS_CONFIG = """<View>
   <Header value="$expressions_text"/>
@@ -49,9 +49,15 @@ def _import(stack, project: int, *extra: str, frames_per_task: int = 6) -> int:
     ])  # fmt: skip
 
 
-def _final(stack, task_ids: list[int], per_task_seconds: float = 120) -> dict[int, dict]:
-    """Each task's prediction of the served version once no placeholder is left; the wait grows with the tasks."""
+def _frames(stack, task_ids: list[int]) -> int:
+    """The frames of these tasks (the work their predictions take)."""
+    return sum(len(stack["ls"].api.request("GET", f"/api/tasks/{t}").json()["data"]["frames"]) for t in task_ids)
+
+
+def _final(stack, task_ids: list[int], objects: int = 2) -> dict[int, dict]:
+    """Each task's prediction of the served version once no placeholder is left; the wait grows with the frames."""
     ls, version = stack["ls"], stack["version"]
+    budget = work_budget(_frames(stack, task_ids), objects)
 
     def done():
         found = {t: ls.predictions(t) for t in task_ids}
@@ -60,7 +66,7 @@ def _final(stack, task_ids: list[int], per_task_seconds: float = 120) -> dict[in
         return {t: preds[0] for t, preds in ready.items()} if all(ready.values()) and not waiting else None
 
     try:
-        return wait_for(done, per_task_seconds * len(task_ids), f"predictions of tasks {task_ids}", interval=1.0)
+        return wait_for(done, budget, f"predictions of tasks {task_ids}", interval=1.0)
     except AssertionError:
         raise AssertionError((stack["logs"] / "worker.log").read_text()[-4000:]) from None
 
@@ -128,7 +134,7 @@ def test_a_running_job_shows_its_progress_on_the_tasks(stack):
         shown = [p for t in ids for p in ls.predictions(t) if is_placeholder(p)]
         return shown if any(p["model_version"].startswith("running ") for p in shown) else None
 
-    shown = wait_for(running_shown, 120, "a running placeholder", interval=0.2)
+    shown = wait_for(running_shown, work_budget(_frames(stack, ids), 2), "a running placeholder", interval=0.2)
     os.kill(worker.pid, signal.SIGSTOP)
     try:
         shown = running_shown() or shown
@@ -164,7 +170,7 @@ def test_a_submitted_correction_is_repropagated_to_the_later_frames(stack):
     ls.create_annotation(task_id, result, parent_prediction=first["id"])
     offered = wait_for(
         lambda: [p for p in ls.predictions(task_id) if p["model_version"] == stack["version"] + " + corrections"],
-        180, "the re-propagated prediction", interval=1.0,
+        work_budget(8), "the re-propagated prediction", interval=1.0,  # the ingest job, then frames 4-7 of one object
     )[0]
 
     def masks(preds_result, obj):

@@ -14,8 +14,9 @@ from conftest import ROOT
 
 from glus_backend.queues import is_placeholder
 from glus_backend.rle import mask_to_rle, rle_to_mask
+from glus_backend.settings import Settings
 
-from .backend_stack import tiny_model_backend, wait_for, write_frames
+from .backend_stack import tiny_model_backend, ui_budget, wait_for, work_budget, write_frames
 from .browser import ensure_browser, labeling_page
 
 SHOTS = ROOT / "tmp" / "test-artifacts" / "labeling-page"
@@ -49,7 +50,8 @@ def _project(stack, title: str, tasks: list[dict]) -> tuple[int, list[int]]:
     return project, ls.import_tasks(project, tasks)
 
 
-def _final(stack, task_id: int, seconds: float = 240) -> dict:
+def _final(stack, task_id: int, frames: int) -> dict:
+    """The task's prediction once posted, waiting in proportion to the video job's ``frames`` (two objects)."""
     ls = stack["ls"]
 
     def done():
@@ -57,7 +59,7 @@ def _final(stack, task_id: int, seconds: float = 240) -> dict:
         final = [p for p in preds if p["model_version"] == stack["version"]]
         return final[0] if final and not [p for p in preds if is_placeholder(p)] else None
 
-    return wait_for(done, seconds, f"the prediction of task {task_id}", interval=1.0)
+    return wait_for(done, work_budget(frames, 2), f"the prediction of task {task_id}", interval=1.0)
 
 
 def _until_predictions_show(page, attempts: int = 3) -> None:
@@ -68,7 +70,7 @@ def _until_predictions_show(page, attempts: int = 3) -> None:
     has = f"() => {store}.predictions.length + {store}.annotations.filter(a => a.pk).length"
     for attempt in range(attempts):
         try:
-            page.page.wait_for_function(f"({has})() > 0", timeout=15_000)
+            page.page.wait_for_function(f"({has})() > 0", timeout=ui_budget(15) * 1000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError
             print(f"the labeling page showed no prediction (load {attempt + 1}): reloading")
@@ -87,7 +89,7 @@ def test_the_prompt_header_and_a_running_jobs_progress_show_on_the_labeling_page
     def running():
         return [t for t in ids if any(p["model_version"].startswith("running ") for p in ls.predictions(t))]
 
-    wait_for(running, 180, "a running placeholder", interval=0.2)
+    wait_for(running, work_budget(len(urls), 2), "a running placeholder", interval=0.2)
     os.kill(worker.pid, signal.SIGSTOP)  # hold the job mid-way while the page is looked at
     try:
         shown = running()  # the chunks not posted yet when the worker stopped
@@ -95,10 +97,10 @@ def test_the_prompt_header_and_a_running_jobs_progress_show_on_the_labeling_page
         with labeling_page(ls, project, shown[-1], screenshots_dir=SHOTS) as page:
             _until_predictions_show(page)
             header = page.page.get_by_text(PROMPT_TEXT, exact=True)
-            header.first.wait_for(state="visible", timeout=30_000)
+            header.first.wait_for(state="visible", timeout=ui_budget() * 1000)
             tab = page.page.get_by_text("running", exact=False)
             try:
-                tab.first.wait_for(state="visible", timeout=30_000)
+                tab.first.wait_for(state="visible", timeout=ui_budget() * 1000)
             except Exception:
                 page.screenshot("progress-not-shown.png")
                 state = page.js("() => window.Htx.annotationStore.predictions.map(p => [p.pk, p.createdBy])")
@@ -109,7 +111,7 @@ def test_the_prompt_header_and_a_running_jobs_progress_show_on_the_labeling_page
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     for task_id in ids:
-        _final(stack, task_id)
+        _final(stack, task_id, len(urls))
 
 
 def test_a_click_after_a_one_frame_correction_repropagates_the_object_on_the_page(stack):
@@ -119,7 +121,7 @@ def test_a_click_after_a_one_frame_correction_repropagates_the_object_on_the_pag
     ls = stack["ls"]
     urls = write_frames(ls, "page-click", 8, size=(W, H))
     project, (task_id,) = _project(stack, "page-click", [{"frames": urls, "expressions_text": PROMPT_TEXT}])
-    predicted = _final(stack, task_id)
+    predicted = _final(stack, task_id, len(urls))
     corrected = np.zeros((H, W), bool)
     corrected[40:140, 60:220] = True
     draft = [r for r in predicted["result"] if r["id"] != "1_3_brush"] + [
@@ -146,7 +148,7 @@ def test_a_click_after_a_one_frame_correction_repropagates_the_object_on_the_pag
             return shown if {r["id"] for r in shown} == ids else None
 
         try:
-            loaded = wait_for(draft_loaded, 60, "the predicted regions")
+            loaded = wait_for(draft_loaded, ui_budget(60), "the predicted regions")
         except AssertionError:
             state = page.js("""() => { const s = window.Htx.annotationStore; return {
                 annotations: s.annotations.map(a => [a.pk, a.type, a.results.length, a.draftId]),
@@ -160,7 +162,9 @@ def test_a_click_after_a_one_frame_correction_repropagates_the_object_on_the_pag
         page.unselect()
         page.select_label("Window", "propagate")
         page.select_tool("KeyPointTool", smart=True, control="propagate")
-        with page.page.expect_response(lambda r: "interactive-annotating" in r.url, timeout=120_000) as answer:
+        # the backend answers within GLUS_INTERACTIVE_WAIT (the click job: frames 3-7 of one object)
+        answer_s = float(stack["env"].get("GLUS_INTERACTIVE_WAIT", Settings.interactive_wait)) + ui_budget()
+        with page.page.expect_response(lambda r: "interactive-annotating" in r.url, timeout=answer_s * 1000) as answer:
             page.click(free)  # beside every region (a click on a region would select it)
         offered = {r["id"]: r for r in answer.value.json()["data"]["result"]}
         assert set(offered) == {f"1_{k}_brush" for k in range(3, 8)} & set(offered) and "1_3_brush" in offered
@@ -175,7 +179,7 @@ def test_a_click_after_a_one_frame_correction_repropagates_the_object_on_the_pag
             return all(np.array_equal(rle_to_mask(now[i]["value"]["rle"], H, W), rle_to_mask(r["value"]["rle"], H, W))
                        for i, r in offered.items() if i in now)  # fmt: skip
 
-        wait_for(applied, 60, "the re-propagated regions on the page", interval=0.5)
+        wait_for(applied, ui_budget(60), "the re-propagated regions on the page", interval=0.5)
         page.page.wait_for_timeout(500)
         raw = page.serialize()
         after = {r["id"]: r for r in raw}
