@@ -207,16 +207,16 @@ def phase_segment(args: argparse.Namespace) -> dict:
             "seconds_per_frame": float(run) / int(frames), "present": summary["0"]["present"]}  # fmt: skip
 
 
-def phase_worker(args: argparse.Namespace) -> dict:
+def worker_round_trip(args: argparse.Namespace, model_env: dict[str, str], name: str = "glusrehearsal") -> dict:
     """``/predict`` through the web app on a frame-sequence task of the video's first frames, then one burst
-    worker serving the released folder (bf16, CPU); the prediction's model version from the result store."""
+    worker serving the model of ``model_env`` (``GLUS_CHECKPOINT`` and the like) on a Redis prefix of its own;
+    the first and the final answers, ``/setup``'s, the worker's output, peak RSS and seconds."""
     import cv2
     from redis import Redis
 
     from glus_backend.server import create_app
     from glus_backend.settings import Settings
 
-    paths = folders(args.workdir)
     files = args.workdir / "worker-files"
     (files / "dog").mkdir(parents=True, exist_ok=True)
     capture = cv2.VideoCapture(str(args.video))
@@ -228,13 +228,11 @@ def phase_worker(args: argparse.Namespace) -> dict:
         cv2.imwrite(str(files / "dog" / f"{t:05d}.jpg"), frame)
         urls.append(f"/data/local-files/?d=dog/{t:05d}.jpg")
     capture.release()
-    prefix = f"glusrehearsal{uuid.uuid4().hex[:8]}"
+    prefix = f"{name}{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": args.redis_url, "GLUS_QUEUE_PREFIX": prefix,
-           "MODEL_DIR": str(args.workdir / "model_dir"), "GLUS_CHECKPOINT": str(paths["glus"]),
-           "GLUS_CLIP_DIR": str(paths["clip"]), "GLUS_SAM2_CHECKPOINT": str(paths["sam2"]),
-           "GLUS_SAM2_CONFIG": args.sam2_config, "GLUS_PRECISION": "bf16", "GLUS_DEVICE": "cpu",
-           "LOCAL_FILES_DOCUMENT_ROOT": str(files), "OMP_NUM_THREADS": str(args.threads),
-           "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}  # fmt: skip
+           "MODEL_DIR": str(args.workdir / "model_dir"), "GLUS_DEVICE": "cpu", "LOCAL_FILES_DOCUMENT_ROOT": str(files),
+           "OMP_NUM_THREADS": str(args.threads), "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": "",
+           **model_env}  # fmt: skip
     config = ('<View><Image name="frames" valueList="$frames"/><BrushLabels name="mask" toName="frames">'
               '<Label value="Object"/></BrushLabels></View>')  # fmt: skip
     task = {"id": 1, "data": {"frames": urls, "expression": "the dog"}}
@@ -257,11 +255,21 @@ def phase_worker(args: argparse.Namespace) -> dict:
         keys = list(redis.scan_iter(f"*{prefix}*"))
         if keys:
             redis.delete(*keys)
-    result = ready["results"][0]
-    gaps = [float(g) for g in re.findall(r"longest heartbeat gap ([0-9.]+) s", output)]
-    return {"first": first["results"][0]["model_version"], "model_version": result["model_version"],
-            "setup_model_version": setup.get("model_version"), "results": len(result["result"]),
-            "frames": len(urls), "worker_seconds": seconds, "peak_rss": peak,
+    return {"first": first["results"][0], "ready": ready["results"][0], "setup": setup, "output": output,
+            "peak_rss": peak, "seconds": seconds, "frames": len(urls)}  # fmt: skip
+
+
+def phase_worker(args: argparse.Namespace) -> dict:
+    """The released folder served by a burst worker (bf16, CPU): the prediction's model version."""
+    paths = folders(args.workdir)
+    served = worker_round_trip(args, {"GLUS_CHECKPOINT": str(paths["glus"]), "GLUS_CLIP_DIR": str(paths["clip"]),
+                                      "GLUS_SAM2_CHECKPOINT": str(paths["sam2"]), "GLUS_SAM2_CONFIG": args.sam2_config,
+                                      "GLUS_PRECISION": "bf16"})  # fmt: skip
+    result = served["ready"]
+    gaps = [float(g) for g in re.findall(r"longest heartbeat gap ([0-9.]+) s", served["output"])]
+    return {"first": served["first"]["model_version"], "model_version": result["model_version"],
+            "setup_model_version": served["setup"].get("model_version"), "results": len(result["result"]),
+            "frames": served["frames"], "worker_seconds": served["seconds"], "peak_rss": served["peak_rss"],
             "longest_heartbeat_gap_s": max(gaps) if gaps else None}  # fmt: skip
 
 

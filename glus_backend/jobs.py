@@ -87,19 +87,14 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
 
 def segment_frames(runtime: WorkerRuntime, loaded: Any, source: Any, prompts: list[ObjectPrompt],
                    progress: JobProgress) -> Iterator[tuple[int, Any]]:  # fmt: skip
-    """Run ``loaded`` GLUS for every prompt over ``source``; yield ``(object index, FrameResult)`` as frames are
-    decided."""
-    from model.inference import Expression, SegmentOptions
-    from model.keyframes import ConfidenceKeyFrames, FirstFrame
+    """Run the ``loaded`` model (any family, its options bound at load) for every prompt over ``source``; yield
+    ``(object index, FrameResult)`` as frames are decided."""
+    from model.inference import Expression
 
     total = len(source) * len(prompts)
-    key_frames = ConfidenceKeyFrames() if runtime.settings.key_frames == "confidence" else FirstFrame()
-    options = SegmentOptions(
-        schedule=runtime.settings.schedule, key_frames=key_frames, llm_every=runtime.settings.llm_every
-    )
     expressions = [Expression(p.expression, str(i)) for i, p in enumerate(prompts)]
     progress.update("segmenting", 0, total, force=True)
-    for done, (obj, _key, frame) in enumerate(loaded.segmenter.segment_stream(source, expressions, options), 1):
+    for done, (obj, _key, frame) in enumerate(loaded.model.segment_stream(source, expressions), 1):
         yield obj, frame
         progress.update("segmenting", done, total)
 

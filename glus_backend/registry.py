@@ -84,6 +84,10 @@ def _config_name(path: Path) -> str:
     if not config_file.is_file():
         raise NoModelError(f"{path} is not a model directory (no config.json)")
     config = json.loads(config_file.read_text())
+    if config.get("model_type") == "sa2va_chat":  # a released Sa2VA folder: the family is the name
+        from model.families import checkpoint_variant
+
+        return checkpoint_variant(path)
     return config.get("name") or ("glus-7b" if config.get("model_type") == "llava" else "glus")
 
 

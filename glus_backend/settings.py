@@ -51,6 +51,8 @@ class Settings:
     schedule: str = "sliding"  # GLUS_SCHEDULE: sliding | clip
     key_frames: str = "first"  # GLUS_KEY_FRAMES: first | confidence
     llm_every: int = 1  # GLUS_LLM_EVERY: throughput mode, the LLM on every k-th frame (sliding schedule)
+    sa2va_mode: str | None = None  # GLUS_SA2VA_MODE: sa2va | sa2va-i (default: sa2va-i for a Sa2VA-i folder)
+    sa2va_key_frames: int = 5  # GLUS_SA2VA_KEY_FRAMES: frames a Sa2VA model's MLLM sees
     # --- prediction ---
     expression_fields: tuple[str, ...] = DEFAULT_EXPRESSION_FIELDS  # GLUS_EXPRESSION_FIELDS
     prelabel_on_import: bool = True  # GLUS_PRELABEL_ON_IMPORT: TASKS_CREATED webhooks enqueue predictions
@@ -109,6 +111,8 @@ class Settings:
             schedule=_env("GLUS_SCHEDULE", default="sliding"),
             key_frames=_env("GLUS_KEY_FRAMES", default="first"),
             llm_every=int(_env("GLUS_LLM_EVERY", default="1")),
+            sa2va_mode=_env("GLUS_SA2VA_MODE") or None,
+            sa2va_key_frames=int(_env("GLUS_SA2VA_KEY_FRAMES", default="5")),
             expression_fields=tuple(f.strip() for f in fields_env.split(",") if f.strip())
             if fields_env
             else cls.expression_fields,

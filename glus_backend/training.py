@@ -42,6 +42,12 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 
+class UnsupportedTraining(RuntimeError):
+    """The served model's family cannot be fine-tuned here (Sa2VA); retrying cannot help."""
+
+    transient = False
+
+
 class TrainingDataError(ValueError):
     """Not enough corrections to train and to hold some out."""
 
@@ -201,9 +207,16 @@ def train_project(
 
     registry = registry or ModelRegistry.from_settings(settings, Redis.from_url(settings.redis_url))
     say = progress or (lambda stage: None)
+    base = registry.current()
+    from model.families import family_of
+
+    if family_of(base.base) != "glus":
+        raise UnsupportedTraining(
+            f"the served model {base.version} is a {family_of(base.base)} model: fine-tuning from corrections is "
+            "implemented for GLUS only (serve a GLUS checkpoint to train)"
+        )
     say("snapshot")
     snapshot = write_snapshot(settings, project_id, tasks, label_config, frame_loader, settings.heldout_fraction)
-    base = registry.current()
     staging = settings.model_dir / "staging" / uuid.uuid4().hex[:12]
     staging.mkdir(parents=True)
     say("fine-tuning")

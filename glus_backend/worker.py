@@ -58,7 +58,18 @@ def is_transient(exc: BaseException) -> bool:
 @dataclass
 class LoadedModel:
     version: ModelVersion
-    segmenter: Any  # model.inference.VideoSegmenter
+    model: Any  # model.families.VideoModel: GLUS or Sa2VA behind one interface
+
+    @property
+    def segmenter(self) -> Any:
+        """GLUS's segmenter, for what only GLUS does (re-propagating corrections, click prompts)."""
+        glus = self.model.glus_segmenter
+        if glus is None:
+            raise PermanentJobError(
+                f"the served model {self.version.version} is a {self.model.family} model ({self.model.description}): "
+                "re-propagating corrections and click prompts are implemented for GLUS only"
+            )
+        return glus
 
 
 class WorkerRuntime:
@@ -94,8 +105,7 @@ class WorkerRuntime:
     def _load(self, version: ModelVersion) -> Any:
         import torch
 
-        from model.checkpoint import load_checkpoint
-        from model.inference import VideoSegmenter
+        from model.families import FamilyOptions, load_video_model
 
         device = self.resolved_device()
         precision = self.settings.precision
@@ -105,9 +115,13 @@ class WorkerRuntime:
         logger.info("loading model %s (%s) from %s%s on %s/%s", version.version, version.source, version.base,
                     f" + {len(version.deltas)} delta(s)" if version.deltas else "", device, precision)  # fmt: skip
         settings = self.settings
-        model, tokenizer = load_checkpoint(version.base, settings.clip_dir, settings.sam2_checkpoint, device, dtype,
-                                           settings.sam2_config, version.deltas)  # fmt: skip
-        return VideoSegmenter(model, tokenizer, device=device)
+        options = FamilyOptions(schedule=settings.schedule, key_frames=settings.key_frames,
+                                llm_every=settings.llm_every, sa2va_mode=settings.sa2va_mode,
+                                sa2va_key_frames=settings.sa2va_key_frames)  # fmt: skip
+        model = load_video_model(version.base, device, dtype, options, settings.clip_dir, settings.sam2_checkpoint,
+                                 settings.sam2_config, version.deltas)  # fmt: skip
+        logger.info("serving %s: %s", version.version, model.description)
+        return model
 
     def sweep_client(self):
         """A Label Studio client for the sweeper: short timeout and no retries, so maintenance never stalls."""

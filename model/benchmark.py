@@ -20,6 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,10 +54,13 @@ THROUGHPUT_ROWS = "no-kfs,fast-clip,fast-llm-every-2,fast-llm-every-4"
 def evaluate_checkpoint(checkpoint: Path | CheckpointChain, root: Path, split: str, rows: list[str],
                         limit: int | None = None, device: str = "cpu", by_template: bool = False) -> dict[str, dict]:
     """``{row: {category: DatasetScore}}`` for each inference setting in ``rows`` (with ``by_template``, also
-    one ``template:...`` category per grammar template). ``checkpoint`` is a folder or a base with deltas."""
+    one ``template:...`` category per grammar template). ``checkpoint`` is a folder or a base with deltas. A Sa2VA
+    folder is scored in each mode it can run (``sa2va``, and ``sa2va-i`` for a Sa2VA-i folder) instead of
+    GLUS's ``rows``."""
     from .checkpoint import CheckpointChain
     from .datasets import open_dataset
     from .evaluation.metrics import aggregate, score_expression
+    from .families import family_of, load_video_model
     from .inference import Expression, SegmentOptions, VideoSegmenter
     from .keyframes import ConfidenceKeyFrames, FirstFrame
     from .synthetic.baselines import CATEGORIES, score_groups
@@ -62,21 +68,30 @@ def evaluate_checkpoint(checkpoint: Path | CheckpointChain, root: Path, split: s
     from .video_io import FrameFiles
 
     chain = checkpoint if isinstance(checkpoint, CheckpointChain) else CheckpointChain(Path(checkpoint))
-    model, tokenizer = chain.load(device)
-    segmenter = VideoSegmenter(model, tokenizer, device=device)
     dataset = open_dataset("mevis", root, split)
     info, _objects = load_split_extras(Path(root) / split)
     videos = list(dataset.videos.values())[:limit] if limit else list(dataset.videos.values())
+    runners: dict[str, Callable] = {}
+    if family_of(chain.base) == "sa2va":  # the family's own settings: one row per mode it can run
+        sa2va = load_video_model(chain.base, device, deltas=chain.deltas)
+        modes = ["sa2va", "sa2va-i"] if sa2va.segmenter.config.two_decoders else ["sa2va"]
+        for mode in modes:
+            options = replace(sa2va.options, mode=mode)
+            runners[mode] = partial(sa2va.segmenter.segment, options=options)
+    else:
+        model, tokenizer = chain.load(device)
+        segmenter = VideoSegmenter(model, tokenizer, device=device)
+        for row in rows:
+            settings = dict(ROWS[row])
+            key_frames = ConfidenceKeyFrames() if settings.pop("key_frames", None) == "confidence" else FirstFrame()
+            runners[row] = partial(segmenter.segment, options=SegmentOptions(key_frames=key_frames, **settings))
     results = {}
-    for row in rows:
-        settings = dict(ROWS[row])
-        key_frames = ConfidenceKeyFrames() if settings.pop("key_frames", None) == "confidence" else FirstFrame()
-        options = SegmentOptions(key_frames=key_frames, **settings)
+    for row, segment in runners.items():
         scores: dict[str, list] = {c: [] for c in CATEGORIES}
         for video in tqdm(videos, desc=row, unit="video"):
             source = FrameFiles(dataset.frame_paths(video.video_id))
             exprs = [Expression(e.text, e.exp_id) for e in video.expressions]
-            for expr, result in zip(exprs, segmenter.segment(source, exprs, options)):
+            for expr, result in zip(exprs, segment(source, exprs)):
                 gt = dataset.gt_masks(video.video_id, expr.exp_id)
                 score = score_expression(video.video_id, expr.exp_id, result.masks, gt)
                 extra = info[video.video_id][expr.exp_id]

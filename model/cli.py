@@ -64,30 +64,60 @@ def _key_frame_selector(spec: str):
     return JsonKeyFrames(spec)
 
 
+def add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inference options of each model family (:mod:`model.families`); a family ignores the other's."""
+    parser.add_argument("--schedule", choices=("sliding", "clip"), default="sliding", help="GLUS: query schedule")
+    parser.add_argument(
+        "--key-frames", default="first",
+        help="GLUS: 'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sa2va-mode", choices=("sa2va", "sa2va-i"), default=None,
+        help="Sa2VA folders: 'sa2va' (the first key frames to the MLLM, its decoder tracks) or 'sa2va-i' (key frames "
+        "spread over the video, SAM-2.0's decoder tracks; needs a Sa2VA-i folder). Default: sa2va-i for a Sa2VA-i "
+        "folder, else sa2va",
+    )  # fmt: skip
+    parser.add_argument("--sa2va-key-frames", type=int, default=5, help="Sa2VA folders: frames the MLLM sees (5)")
+
+
+def video_model_from_args(args: argparse.Namespace, device: str, dtype: torch.dtype):
+    """The model of ``--checkpoint``, whatever its family, with the family's options from ``args``."""
+    from model.families import FamilyOptions, GlusVideoModel, family_of, load_video_model
+    from model.inference import SegmentOptions, VideoSegmenter
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if family_of(checkpoint) == "sa2va":
+        options = FamilyOptions(sa2va_mode=args.sa2va_mode, sa2va_key_frames=args.sa2va_key_frames)
+        model = load_video_model(checkpoint, device, dtype, options, deltas=args.delta)
+    else:
+        glus, tokenizer = load_model_from_args(args, device, dtype)
+        segment_options = SegmentOptions(
+            schedule=args.schedule,
+            mem_stride=getattr(args, "mem_stride", None),
+            llm_every=getattr(args, "llm_every", 1),
+            key_frames=_key_frame_selector(args.key_frames),
+        )
+        model = GlusVideoModel(VideoSegmenter(glus, tokenizer, device=device), segment_options)
+    logger.info("serving %s: %s", checkpoint, model.description)
+    return model
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    from model.inference import Expression, SegmentOptions, VideoSegmenter
+    from model.inference import Expression
     from model.outputs import write_mask_png, write_overlay_video
     from model.video_io import VideoFile, open_frames
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-    model, tokenizer = load_model_from_args(args, args.device, dtype)
     source = open_frames(args.video, max_frames=args.max_frames)
     video_id = args.video_id or Path(args.video).stem
     names = list(source.frame_names)
     expressions = [Expression(text, str(i)) for i, text in enumerate(args.expression)]
-    options = SegmentOptions(
-        schedule=args.schedule,
-        mem_stride=args.mem_stride,
-        llm_every=args.llm_every,
-        video_id=video_id,
-        key_frames=_key_frame_selector(args.key_frames),
-    )
+    video_model = video_model_from_args(args, args.device, dtype).for_video(video_id)
     out_dirs = [Path(args.out) / video_id / e.exp_id for e in expressions]
-    segmenter = VideoSegmenter(model, tokenizer, device=args.device)
     summary = {e.exp_id: {"expression": e.text, "frames": 0, "present": 0, "key_frame": 0} for e in expressions}
     started = time.perf_counter()
     with tqdm(total=len(source) * len(expressions), unit="frame", desc=video_id, disable=args.quiet) as bar:
-        for expr_index, key_frame, result in segmenter.segment_stream(source, expressions, options):
+        for expr_index, key_frame, result in video_model.segment_stream(source, expressions):
             write_mask_png(out_dirs[expr_index] / f"{names[result.frame_index]}.png", result.mask)
             entry = summary[expressions[expr_index].exp_id]
             entry["frames"] += 1
@@ -123,11 +153,31 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from model.families import checkpoint_variant, family_of
     from model.modeling.glus import count_parameters
 
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if family_of(checkpoint) == "sa2va":
+        from model.sa2va.checkpoint import load_sa2va
+
+        sa2va, tokenizer, _ = load_sa2va(checkpoint)
+        info = {
+            "checkpoint": str(checkpoint),
+            "family": "sa2va",
+            "variant": checkpoint_variant(checkpoint),
+            "parameters": count_parameters(sa2va),
+            "vocabulary": len(tokenizer),
+            "llm": sa2va.config.llm["architectures"][0],
+            "template": sa2va.config.template,
+            "sam_image_size": int(sa2va.sam.image_size),
+            "visual_tokens_per_frame": sa2va.config.tokens_per_frame,
+        }
+        print(json.dumps(info, indent=2))
+        return 0
     model, tokenizer = load_model_from_args(args, "cpu", torch.float32)
     info = {
-        "checkpoint": str(resolve_checkpoint(args.checkpoint)),
+        "checkpoint": str(checkpoint),
+        "family": "glus",
         "config": model.config.name,
         "parameters": count_parameters(model),
         "vocabulary": len(tokenizer),
@@ -186,12 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--expression", "-e", action="append", required=True, help="referring expression (repeatable)")
     seg.add_argument("--out", required=True, help="output root: OUT/<video>/<exp_id>/<frame>.png + overlay.mp4")
     _add_model_arguments(seg)
-    seg.add_argument("--schedule", choices=("sliding", "clip"), default="sliding")
-    seg.add_argument(
-        "--key-frames",
-        default="first",
-        help="'first' (no key frame), 'confidence' (the model's own), or a KFS JSON file",
-    )
+    add_family_arguments(seg)
     seg.add_argument("--mem-stride", type=int, default=None, help="memory stride (default: the model's, 3)")
     seg.add_argument(
         "--llm-every",

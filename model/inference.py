@@ -179,13 +179,9 @@ class VideoSegmenter:
         trace: Callable[[StepTrace], None] | None = None,
     ) -> list[ExpressionResult]:
         """Masks for every frame and expression, collected in memory (convenient for short videos)."""
-        exprs = _as_expressions(expressions)
-        source = _as_source(frames)
-        results = [ExpressionResult(e, [None] * len(source), 0) for e in exprs]  # type: ignore[list-item]
-        for expr_index, key_frame, frame in self.segment_stream(source, exprs, options, progress, trace):
-            results[expr_index].frames[frame.frame_index] = frame
-            results[expr_index].key_frame = key_frame
-        return results
+        exprs = as_expressions(expressions)
+        source = as_source(frames)
+        return collect(self.segment_stream(source, exprs, options, progress, trace), exprs, len(source))
 
     def segment_stream(
         self,
@@ -199,10 +195,10 @@ class VideoSegmenter:
         per expression (frame-major across expressions that share a key frame, so each frame's features are
         computed once; not in frame order when a key frame is used). Nothing is held for the whole video."""
         options = options or SegmentOptions()
-        exprs = _as_expressions(expressions)
+        exprs = as_expressions(expressions)
         for e in exprs:
             clean_expression(e.text)  # bad input fails before any work
-        source = _as_source(frames)
+        source = as_source(frames)
         n = len(source)
         context = context_frame_indices(n, self.config.context_frames) if options.context_frames else []
         total = n * len(exprs)
@@ -444,13 +440,23 @@ def _stack_memories(per_expression: list[list[MemoryEntry]]) -> list[MemoryEntry
     ]
 
 
-def _as_source(frames: FrameSource | Sequence[np.ndarray] | np.ndarray) -> FrameSource:
+def collect(stream: Iterator[tuple[int, int, FrameResult]], exprs: list[Expression], num_frames: int
+            ) -> list[ExpressionResult]:  # fmt: skip
+    """A ``segment_stream`` output gathered into one :class:`ExpressionResult` per expression (any family)."""
+    results = [ExpressionResult(e, [None] * num_frames, 0) for e in exprs]  # type: ignore[list-item]
+    for expr_index, key_frame, frame in stream:
+        results[expr_index].frames[frame.frame_index] = frame
+        results[expr_index].key_frame = key_frame
+    return results
+
+
+def as_source(frames: FrameSource | Sequence[np.ndarray] | np.ndarray) -> FrameSource:
     if isinstance(frames, FrameSource):
         return frames
     return ArrayFrames(frames)
 
 
-def _as_expressions(expressions: Sequence[str | Expression]) -> list[Expression]:
+def as_expressions(expressions: Sequence[str | Expression]) -> list[Expression]:
     if isinstance(expressions, (str, Expression)):
         expressions = [expressions]
     if not expressions:

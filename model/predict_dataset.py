@@ -41,8 +41,9 @@ def add_predict_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--split", default=None)
     parser.add_argument("--out", required=True, type=Path, help="prediction root (the server layout)")
-    parser.add_argument("--schedule", choices=("sliding", "clip"), default="sliding")
-    parser.add_argument("--key-frames", default="first", help="first | confidence | KFS JSON")
+    from .cli import add_family_arguments
+
+    add_family_arguments(parser)
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this process's share of the videos")
     parser.add_argument("--devices", default=None, help="start one process per device, e.g. cuda:0,cuda:1")
     parser.add_argument("--device", default=None)
@@ -55,10 +56,10 @@ def run_predict_dataset(args: argparse.Namespace) -> int:
         return _spawn(args)
     import torch
 
-    from .cli import _key_frame_selector, load_model_from_args
+    from .cli import video_model_from_args
     from .datasets import open_dataset
     from .datasets.writers import PredictionWriter
-    from .inference import Expression, SegmentOptions, VideoSegmenter
+    from .inference import Expression
     from .video_io import FrameFiles
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,17 +81,14 @@ def run_predict_dataset(args: argparse.Namespace) -> int:
                 sum(len(m) for _, m in todo), skipped)
     if not todo:
         return 0
-    model, tokenizer = load_model_from_args(args, device, dtype)
-    segmenter = VideoSegmenter(model, tokenizer, device=device)
+    video_model = video_model_from_args(args, device, dtype)
     started = time.perf_counter()
     frames_done = 0
     with tqdm(total=sum(len(v.frame_names) * len(m) for v, m in todo), unit="frame", desc=f"shard {k}/{n}") as bar:
         for video, expressions in todo:
             source = FrameFiles(dataset.frame_paths(video.video_id))
-            options = SegmentOptions(schedule=args.schedule, video_id=video.video_id,
-                                     key_frames=_key_frame_selector(args.key_frames))
             exprs = [Expression(e.text, e.exp_id) for e in expressions]
-            for index, _key, frame in segmenter.segment_stream(source, exprs, options):
+            for index, _key, frame in video_model.for_video(video.video_id).segment_stream(source, exprs):
                 writer.write(video.video_id, exprs[index].exp_id, video.frame_names[frame.frame_index], frame.mask)
                 frames_done += 1
                 bar.update(1)

@@ -329,6 +329,12 @@ def _train(args: argparse.Namespace, device: str, distributed) -> int:
     from .trainer import TrainConfig, Trainer
 
     if args.init:
+        from .families import family_of
+
+        if family_of(args.init) != "glus":
+            raise SystemExit(
+                f"{args.init} is a {family_of(args.init)} checkpoint: fine-tuning is implemented for GLUS only"
+            )
         scratch_only = {
             "--visual-token-aids": args.visual_token_aids,
             "--point-prompt": args.point_prompt,

@@ -185,3 +185,19 @@ def test_fine_tuning_keeps_the_base_models_pointer_and_motion_aids(tmp_path):
     command = fine_tune_command(Settings(), ModelVersion("v", base, "checkpoint"), snapshot, tmp_path / "out", "cpu")
     assert "--pointer-weight" not in command and "--motion-weight" not in command and "--contrastive-aids" in command
     assert "--seg-prompt-dropout" not in command
+
+
+def test_a_sa2va_model_is_refused_before_anything_is_written(tmp_path):
+    """Fine-tuning Sa2VA is not implemented: the run stops at once, naming the family, and writes no snapshot."""
+    from sa2va_fixture import released_folder
+
+    from glus_backend.training import UnsupportedTraining
+
+    folder = released_folder("sa2va-i-reference-tiny-a", tmp_path / "Sa2VA-i")
+    settings = replace(Settings(), model_dir=tmp_path / "md", checkpoint=str(folder))
+    registry = ModelRegistry(settings.model_dir, default_checkpoint=folder)
+    video = generate_video(50_002)
+    with pytest.raises(UnsupportedTraining, match=r"sa2va-i-[0-9a-f]{8} is a sa2va model: fine-tuning .* GLUS only"):
+        train_project(settings, 1, [_task(1, video), _task(2, video)], CONFIG, lambda task: list(video.frames),
+                      registry=registry)  # fmt: skip
+    assert not (settings.model_dir / "data" / "snapshots").exists()

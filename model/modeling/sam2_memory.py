@@ -86,9 +86,8 @@ class FrameFeatures:
         )
 
 
-def encode_frame(sam: nn.Module, pixel_values: torch.Tensor) -> FrameFeatures:
-    """Image encoder on ``(B, 3, S, S)`` SAM-2 inputs."""
-    backbone_out = sam.forward_image(pixel_values)
+def features_of(sam: nn.Module, backbone_out: dict) -> FrameFeatures:
+    """:class:`FrameFeatures` of an image-encoder output (its high-resolution levels already projected)."""
     levels = backbone_out["backbone_fpn"][-sam.num_feature_levels :]
     pos = backbone_out["vision_pos_enc"][-sam.num_feature_levels :]
     top = levels[-1]
@@ -98,6 +97,11 @@ def encode_frame(sam: nn.Module, pixel_values: torch.Tensor) -> FrameFeatures:
         high_res=list(levels[:-1]),
         top_size=(top.shape[-2], top.shape[-1]),
     )
+
+
+def encode_frame(sam: nn.Module, pixel_values: torch.Tensor) -> FrameFeatures:
+    """Image encoder on ``(B, 3, S, S)`` SAM-2 inputs."""
+    return features_of(sam, sam.forward_image(pixel_values))
 
 
 def condition_on_memory(sam: nn.Module, feats: FrameFeatures, memories: list[MemoryEntry]) -> torch.Tensor:

@@ -18,6 +18,15 @@ import requests
 from conftest import ROOT, delete_test_keys
 from redis import Redis
 
+HINTS_CONFIG = """<View>
+  <Header value="$expressions_text"/>
+  <Image name="frames" valueList="$frames"/>
+  <BrushLabels name="mask" toName="frames">
+    <Label value="Bed" hint="the bed" background="red"/><Label value="Window" hint="the window" background="blue"/>
+  </BrushLabels>
+</View>"""
+"""A frame-sequence config whose label hints are the prompts (two objects)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:

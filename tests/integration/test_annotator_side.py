@@ -20,15 +20,7 @@ from rq.registry import FinishedJobRegistry
 
 from glus_backend.queues import is_placeholder
 
-from .backend_stack import tiny_model_backend, wait_for, work_budget, write_frames
-
-HINTS_CONFIG = """<View>
-  <Header value="$expressions_text"/>
-  <Image name="frames" valueList="$frames"/>
-  <BrushLabels name="mask" toName="frames">
-    <Label value="Bed" hint="the bed" background="red"/><Label value="Window" hint="the window" background="blue"/>
-  </BrushLabels>
-</View>"""
+from .backend_stack import HINTS_CONFIG, tiny_model_backend, wait_for, work_budget, write_frames
 
 
 @pytest.fixture(scope="module")

@@ -454,9 +454,9 @@ def test_a_chunk_whose_post_fails_loses_nothing_and_the_retry_only_posts(fault_s
     workers = [p for p in stack["workers"] if p.poll() is None]
 
     def first_posted():
-        keys = [k.decode() for k in redis.scan_iter(match=f"{prefix}:posted:*", count=1000)]
-        ours = [k for k in keys if int(k.rsplit(":", 1)[1]) in task_ids]
-        return ours if ours else None
+        keys = [k.decode().split(":") for k in redis.scan_iter(match=f"{prefix}:posted:*:*", count=1000)]
+        ours = [":".join(k) for k in keys if len(k) == 4 and k[3].isdigit() and int(k[3]) in task_ids]
+        return ours if ours else None  # a video job's per-task markers: <prefix>:posted:<job>:<task>
 
     # poll Redis, not Label Studio: the window between the first chunk's post and the next is a few frames long
     posted = wait_for(first_posted, 120 + 10 * FRAMES, "the first chunk's post", interval=0.01)
