@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 
 from ..loading import CheckpointError, LoadReport, Skip, empty_weights, load_planned, plan_source
 from ..released_layout import ShardWriter
@@ -114,8 +114,8 @@ def load_sa2va(
 def load_tokenizer(directory: str | Path):
     """The folder's tokenizer (transformers' own classes; the reference's remote code is not run)."""
     directory = Path(directory)
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
+    try:  # a generic config: the folder's config.json (model type sa2va_chat) says nothing about the tokenizer
+        return AutoTokenizer.from_pretrained(str(directory), config=PretrainedConfig())
     except (OSError, ValueError) as exc:
         raise UnsupportedSa2VA(f"cannot load the tokenizer of {directory}: {exc}") from None
 

@@ -151,7 +151,7 @@ class Sa2VAModel(nn.Module):
     @staticmethod
     def seg_states(answer: Answer, seg_id: int) -> torch.Tensor:
         """``(n_seg, C_llm)``: the last-layer states computed with each of the answer's ``[SEG]`` tokens as input."""
-        fed = torch.tensor(answer.ids[: len(answer.states)])
+        fed = torch.tensor(answer.ids[: len(answer.states)], device=answer.states.device)
         return answer.states[fed == seg_id]
 
     def seg_embeddings(self, seg_states: torch.Tensor) -> torch.Tensor:

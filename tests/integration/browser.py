@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -86,7 +87,9 @@ def ensure_browser(venv: Path | str | None = None) -> Path:
         have_pw = False
     if CHROMIUM.is_file() and have_pw:
         return CHROMIUM
-    venv = Path(venv) if venv else Path(os.environ.get("VIRTUAL_ENV") or ROOT / ".venv")
+    if venv is None:  # the interpreter running the tests (not $VIRTUAL_ENV, which a calling shell may have set)
+        venv = Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv"
+    venv = Path(venv)
     logger.info("installing the browser with %s %s", INSTALL_SCRIPT, venv)
     proc = subprocess.run(["bash", str(INSTALL_SCRIPT), str(venv)], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not CHROMIUM.is_file():
