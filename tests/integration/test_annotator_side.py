@@ -86,7 +86,8 @@ def test_hints_import_and_one_whole_video_job_for_the_chunk_tasks(stack):
     ids = [t["id"] for t in tasks]
     preds = _final(stack, ids)
 
-    (job,) = _video_jobs(stack, "bedroom")  # one job ran the whole video
+    # one job ran the whole video (it returns a moment after its last chunk is posted)
+    (job,) = wait_for(lambda: _video_jobs(stack, "bedroom"), work_budget(0), "the video job to finish")
     summary = job.return_value()
     assert summary["task_ids"] == ids and summary["frames"] == 20 and summary["segmented"] is True
     assert summary["predictions"] == {str(t): preds[t]["id"] for t in ids}
