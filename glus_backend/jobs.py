@@ -85,8 +85,8 @@ def _open_media(runtime: WorkerRuntime, config: ServedConfig, data: dict, task_i
     return source, fps
 
 
-def segment_frames(runtime: WorkerRuntime, loaded: Any, source: Any, prompts: list[ObjectPrompt],
-                   progress: JobProgress) -> Iterator[tuple[int, Any]]:  # fmt: skip
+def segment_frames(loaded: Any, source: Any, prompts: list[ObjectPrompt], progress: JobProgress
+                   ) -> Iterator[tuple[int, Any]]:  # fmt: skip
     """Run the ``loaded`` model (any family, its options bound at load) for every prompt over ``source``; yield
     ``(object index, FrameResult)`` as frames are decided."""
     from model.inference import Expression
@@ -109,13 +109,13 @@ def object_scores(tracks: list[ObjectTrack]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def _segment(runtime: WorkerRuntime, loaded: Any, source: Any, prompts: list[ObjectPrompt], progress: JobProgress,
+def _segment(loaded: Any, source: Any, prompts: list[ObjectPrompt], progress: JobProgress,
              keep_masks: bool) -> list[ObjectTrack]:  # fmt: skip
     """Per object and frame, the mask (frame sequences) or its box (videos)."""
     n = len(source)
     masks: list[list[np.ndarray | None]] = [[None] * n for _ in prompts]
     scores: list[list[float]] = [[0.0] * n for _ in prompts]
-    for obj, frame in segment_frames(runtime, loaded, source, prompts, progress):
+    for obj, frame in segment_frames(loaded, source, prompts, progress):
         if frame.present:
             # videos need boxes only: long videos must not hold every frame's full-resolution mask
             masks[obj][frame.frame_index] = frame.mask if keep_masks else mask_to_box(frame.mask)
@@ -163,7 +163,7 @@ def predict_task(payload: dict) -> dict:
     height, width = first.shape[:2]
     progress.show_in_label_studio(runtime.progress_client(), [task_id])
     loaded = runtime.model()
-    tracks = _segment(runtime, loaded, source, prompts, progress, keep_masks=config.kind == "frames")
+    tracks = _segment(loaded, source, prompts, progress, keep_masks=config.kind == "frames")
     version = loaded.version.version
     if config.kind == "frames":
         results = frame_sequence_results(tracks, config, width, height)

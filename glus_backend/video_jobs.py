@@ -75,7 +75,7 @@ def predict_video(payload: dict) -> dict:
         loaded = runtime.model()
         version = loaded.version.version
         chunks = _ChunkCollector(video, prompts, config, set(todo), version)
-        for obj, frame in segment_frames(runtime, loaded, source, prompts, progress):
+        for obj, frame in segment_frames(loaded, source, prompts, progress):
             for task_id, pred in chunks.add(obj, frame):
                 runtime.queues.put_prediction(job_id, pred, task_id)
                 stored[task_id] = pred

@@ -176,7 +176,7 @@ def test_one_pass_posts_every_chunk_and_a_failed_post_loses_nothing(video_runtim
     fake.fail_posts = {2: 2}  # down through the chunk's post and the job's last try
     calls = []
     real = video_jobs.segment_frames
-    monkeypatch.setattr(video_jobs, "segment_frames", lambda *a: calls.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(video_jobs, "segment_frames", lambda *a: calls.append(len(a[1])) or real(*a))
     with pytest.raises(video_jobs.ChunkPostsFailed, match=r"tasks \[2\]"):
         video_jobs.predict_video(payload)
     assert calls == [10]  # one pass over the 10 frames of the 3 chunks
