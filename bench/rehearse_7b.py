@@ -61,11 +61,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB"
 
 
-def rehearsal_config(name: str, sam2: str):
+def rehearsal_config(name: str, sam2: str, sam2_overrides: list[str] | None = None):
+    """``name``'s config with the SAM-2 of ``sam2`` as a released folder gets it (no overrides, unless given:
+    test sizes only)."""
     from model.config import get_config, sam2_config_path
 
     config = get_config(name)
-    config.sam2_config, config.sam2_overrides = sam2_config_path(sam2), []
+    config.sam2_config, config.sam2_overrides = sam2_config_path(sam2), list(sam2_overrides or [])
     return config
 
 
@@ -82,8 +84,12 @@ def served_bytes(config, dtype) -> int:
     return sum(p.numel() for p in model.parameters()) * size
 
 
-# --- phases (each runs in its own process; prints one JSON line) ---
-def phase_write(args: argparse.Namespace) -> dict:
+def write_weights(config_name: str, sam2_config: str, workdir: Path, fmt: str = "bin", shard_bytes: int = 10**10,
+                  device: str = "cpu", sam2_overrides: list[str] | None = None) -> dict:
+    """Seeded random weights at ``config_name``'s shapes in the released layouts under ``workdir``
+    (:func:`folders`), the LLM made to predict ``[SEG]`` (module docstring). ``device`` makes the random numbers
+    (a GPU makes 7 B of them in a moment; the files are the same layout either way); ``sam2_overrides`` shrink
+    SAM-2 (test sizes). Returns seconds and bytes."""
     import torch
 
     from model.checkpoint import build_empty
@@ -99,13 +105,13 @@ def phase_write(args: argparse.Namespace) -> dict:
         write_sam2_pt,
     )
 
-    config = rehearsal_config(args.config, args.sam2_config)
+    config = rehearsal_config(config_name, sam2_config, sam2_overrides)
     tokenizer = tiny_tokenizer()
-    if args.config == "glus-tiny":
+    if config_name == "glus-tiny":
         config.llm["vocab_size"] = len(tokenizer)
     seg_id = tokenizer.token_to_id(config.seg_token)
     shapes = parameter_shapes(build_empty(config))
-    paths = folders(args.workdir)
+    paths = folders(workdir)
     started = time.perf_counter()
 
     def with_seg_bias(items):
@@ -120,21 +126,30 @@ def phase_write(args: argparse.Namespace) -> dict:
                 tensor[seg_id, SEG_CHANNEL] = 1.0
             yield key, tensor
 
-    glus_shapes = {k: s for k, s in shapes.items() if not k.startswith("vision_tower.")}
+    def made(only, seed, dtype=torch.float32):
+        return random_tensors({k: s for k, s in shapes.items() if only(k)}, seed=seed, dtype=dtype, device=device)
+
     llava = released_llava_config(config.llm, config.vision_hidden_size, 256, torch.bfloat16)
-    write_released_glus(paths["glus"], with_seg_bias(random_tensors(glus_shapes, seed=1, dtype=torch.bfloat16)),
-                        llava, tokenizer, args.format, torch.bfloat16, int(args.shard_gb * 1e9))  # fmt: skip
-    vision = {k: s for k, s in shapes.items() if k.startswith("vision_tower.")}
-    text_config = CLIP_L_TEXT_CONFIG if args.config == "glus-7b" else dict(
+    glus = made(lambda k: not k.startswith("vision_tower."), 1, torch.bfloat16)
+    write_released_glus(paths["glus"], with_seg_bias(glus), llava, tokenizer, fmt, torch.bfloat16, shard_bytes)
+    text_config = CLIP_L_TEXT_CONFIG if config_name == "glus-7b" else dict(
         CLIP_L_TEXT_CONFIG, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
         projection_dim=64)  # fmt: skip
-    write_clip_folder(paths["clip"], random_tensors(vision, seed=2), config.vision, "hub",
+    write_clip_folder(paths["clip"], made(lambda k: k.startswith("vision_tower."), 2), config.vision, "hub",
                       clip_text_tensors(text_config, config.vision_hidden_size, seed=3), text_config)  # fmt: skip
-    write_sam2_pt(paths["sam2"], random_tensors({k: s for k, s in shapes.items() if k.startswith("sam.")}, seed=4))
+    write_sam2_pt(paths["sam2"], made(lambda k: k.startswith("sam."), 4))
     sizes = {name: sum(f.stat().st_size for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
              for name, p in paths.items()}  # fmt: skip
-    (args.workdir / "rehearsal.json").write_text(json.dumps({"config": args.config, "sam2": args.sam2_config}))
+    stamp = {"config": config_name, "sam2": sam2_config}
+    if sam2_overrides:
+        stamp["sam2_overrides"] = sam2_overrides
+    (workdir / "rehearsal.json").write_text(json.dumps(stamp))
     return {"seconds": time.perf_counter() - started, "bytes": sizes}
+
+
+# --- phases (each runs in its own process; prints one JSON line) ---
+def phase_write(args: argparse.Namespace) -> dict:
+    return write_weights(args.config, args.sam2_config, args.workdir, args.format, int(args.shard_gb * 1e9))
 
 
 def drop_page_cache() -> bool:

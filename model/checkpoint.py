@@ -333,11 +333,12 @@ def load_checkpoint(
     dtype: torch.dtype = torch.float32,
     sam2_config: str | None = None,
     deltas: Sequence[str | Path] = (),
+    sam2_overrides: Sequence[str] | None = None,
 ) -> tuple[GlusModel, GlusTokenizer]:
     """Whatever ``checkpoint`` is (this project's format or a released GLUS folder), loaded for serving, with
     ``deltas`` (fine-tuned versions, :mod:`model.delta`) applied in order, oldest first: what the CLI, the
-    workers, training and the benchmarks call. ``clip_dir``, ``sam2_checkpoint`` and ``sam2_config`` apply to
-    released folders, which need ``clip_dir``."""
+    workers, training and the benchmarks call. ``clip_dir``, ``sam2_checkpoint``, ``sam2_config`` and
+    ``sam2_overrides`` (test sizes only) apply to released folders, which need ``clip_dir``."""
     from .delta import apply_delta, is_delta, read_delta_spec
 
     checkpoint = Path(checkpoint)
@@ -347,7 +348,7 @@ def load_checkpoint(
             "its base checkpoint and the chain of deltas, oldest first (glus: --checkpoint BASE --delta DIR ...; "
             "`glus-backend versions` names each version's parent)"
         )
-    model, tokenizer = _load_base(checkpoint, clip_dir, sam2_checkpoint, device, dtype, sam2_config)
+    model, tokenizer = _load_base(checkpoint, clip_dir, sam2_checkpoint, device, dtype, sam2_config, sam2_overrides)
     for delta in deltas:
         spec = apply_delta(model, delta)
         logger.info("applied %s (parent %s, %d tensors in full, LoRA %s)", delta, spec["parent"], len(spec["full"]),
@@ -355,7 +356,7 @@ def load_checkpoint(
     return model, tokenizer
 
 
-def _load_base(checkpoint: Path, clip_dir, sam2_checkpoint, device, dtype, sam2_config) -> tuple:
+def _load_base(checkpoint: Path, clip_dir, sam2_checkpoint, device, dtype, sam2_config, sam2_overrides=None) -> tuple:
     if is_released_checkpoint(checkpoint):
         if not clip_dir:
             raise CheckpointError(
@@ -363,8 +364,9 @@ def _load_base(checkpoint: Path, clip_dir, sam2_checkpoint, device, dtype, sam2_
                 "(--clip-dir / GLUS_CLIP_DIR)"
             )
         model, tokenizer, _ = load_released_glus(
-            checkpoint, clip_dir, sam2_checkpoint, dtype=dtype, sam2_config=sam2_config, device=device
-        )
+            checkpoint, clip_dir, sam2_checkpoint, dtype, sam2_config,
+            list(sam2_overrides) if sam2_overrides is not None else None, device,
+        )  # fmt: skip
         return model, tokenizer
     model, tokenizer, _ = from_pretrained(checkpoint, dtype=dtype, device=device)
     if sam2_config is not None and sam2_config_path(sam2_config) != model.config.sam2_config:

@@ -222,11 +222,17 @@ def clip_text_tensors(text_config: dict, vision_width: int, seed: int = 0) -> It
 
 
 def random_tensors(
-    shapes: dict[str, tuple[int, ...]], seed: int = 0, dtype: torch.dtype = torch.float32, std: float = 0.02
+    shapes: dict[str, tuple[int, ...]],
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    std: float = 0.02,
+    device: str | torch.device = "cpu",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Seeded random weights for ``shapes``, made one at a time: normal(0, ``std``), except norm weights (ones),
-    biases (zeros) and layer-scales (1e-6). Meaningless, but finite and shaped like the real thing."""
-    generator = torch.Generator().manual_seed(seed)
+    biases (zeros) and layer-scales (1e-6). Meaningless, but finite and shaped like the real thing. ``device``
+    draws the numbers there (a GPU draws 7 B of them in a moment; the values differ from the CPU's for the same
+    seed); every tensor comes back on the CPU."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     for key, shape in shapes.items():
         leaf = key.rsplit(".", 1)[-1]
         if leaf == "bias":
@@ -236,9 +242,10 @@ def random_tensors(
         elif leaf == "weight" and len(shape) == 1 and "norm" in key:
             tensor = torch.ones(shape, dtype=dtype)
         else:
-            tensor = torch.empty(shape, dtype=dtype)
+            tensor = torch.empty(shape, dtype=dtype, device=device)
             if tensor.numel():
                 tensor.normal_(0.0, std, generator=generator)
+            tensor = tensor.cpu()
         yield key, tensor
 
 

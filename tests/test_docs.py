@@ -211,8 +211,9 @@ def code_env_reads() -> tuple[dict[str, set[str]], set[str]]:
         for name, defaults in shell_env_reads(path).items():
             reads.setdefault(name, set()).update(defaults)
     bench_only = set()
-    for path in (ROOT / "bench").glob("*.py"):
-        for name in python_env_reads(path):
+    for path in (ROOT / "bench").iterdir():
+        scan = {".py": python_env_reads, ".sh": shell_env_reads}.get(path.suffix)
+        for name in scan(path) if scan else ():
             if name not in reads:
                 bench_only.add(name)
                 reads[name] = set()
