@@ -126,7 +126,10 @@ def run_and_compare(name: str, folder: Path) -> tuple[list[Comparison], dict]:
     memory = torch.cat([one[f"memory:{t}"] for t in range(num_frames)])
     theirs = ref["sam.state0.maskmem_features"]
     note = f"bfloat16 as the reference stores it; max abs diff {_diff(memory, theirs):.3g}"
-    out.append(Comparison("sam.state0.maskmem_features (bf16 places, 1e-6 floor)", _bf16_ulps(memory, theirs), 1.0,
+    # two places: the reference rounded its float32 memory to bf16 on its CPU and so do we; where the float32 values
+    # differ by float32 noise, the two roundings can land on either side (1 place on a CPU with avx512_bf16, 1.43 on
+    # one without, the binary masks identical on both)
+    out.append(Comparison("sam.state0.maskmem_features (bf16 places, 1e-6 floor)", _bf16_ulps(memory, theirs), 2.0,
                           note))  # fmt: skip
     add("sam.state0.maskmem_pos_enc", one["memory_pos:0"][0], 1e-5)
     add("sam.state0.obj_ptr", torch.cat([one[f"obj_ptr:{t}"] for t in range(num_frames)]), 1e-4)
