@@ -128,15 +128,11 @@ class Run:
 
 # --- measuring helpers ---
 def timed(run: Run, fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
-    """Best wall time of ``repeat`` calls of ``fn`` (device work included) and the last result."""
-    best, out = float("inf"), None
-    for _ in range(max(1, repeat)):
-        run.sync()
-        started = time.perf_counter()
-        out = fn()
-        run.sync()
-        best = min(best, time.perf_counter() - started)
-    return best, out
+    """Best wall time of ``repeat`` calls of ``fn`` (device work included) and the last result
+    (``bench/bench_inference.py``'s timer)."""
+    from bench_inference import timed as best_of
+
+    return best_of(fn, run.device, repeat)
 
 
 def segment(run: Run, frames, expressions: list[str], trace: bool = False, **options) -> tuple[dict, dict]:
@@ -201,10 +197,9 @@ def filesystem_of(path: Path) -> str:
 
 def weights_written(args: argparse.Namespace) -> bool:
     """Whether ``--workdir`` already holds the weights of this configuration (a second call on a warm machine)."""
-    stamp = args.workdir / "rehearsal.json"
-    wanted = {"config": args.config, "sam2": args.sam2_config,
-              **({"sam2_overrides": args.sam2_overrides} if args.sam2_overrides else {})}  # fmt: skip
-    return stamp.is_file() and json.loads(stamp.read_text()) == wanted
+    from rehearse_7b import has_weights
+
+    return has_weights(args.workdir, args.config, args.sam2_config, args.sam2_overrides)
 
 
 # --- sections ---
@@ -405,7 +400,9 @@ def section_finetune(run: Run) -> dict:
     """One step of the fine-tuning recipe (as ``bench/rehearse_7b.py``'s, on the device): LoRA r=8 on q/v, the
     embeddings, LM head, projectors and mask decoder in full, bf16 base, float32 master weights and AdamW states,
     gradient checkpointing, 4 context + 4 query frames of one expression whose mask is the square."""
-    from model.trainer import TrainConfig, Trainer, TrainingExpression, TrainingVideo
+    from rehearse_7b import finetune_recipe
+
+    from model.trainer import Trainer, TrainingExpression, TrainingVideo
 
     run.need_model()
     stream = SyntheticStream(8, run.args.height, run.args.width)
@@ -415,9 +412,7 @@ def section_finetune(run: Run) -> dict:
         y0, y1, x0, x1 = stream.box(i)
         masks[i, y0:y1, x0:x1] = True
     video = TrainingVideo("synthetic", pixels, [TrainingExpression("the red square", "0", (1,), masks)])
-    config = TrainConfig(steps=2, batch_size=1, lr=3e-4, warmup_steps=1, train_parts="lora", precision="bf16",
-                         gradient_checkpointing=True, expressions_per_video=1, query_frames=4,
-                         contrastive_weight=0.1)  # fmt: skip
+    config = finetune_recipe(steps=2)  # two steps: the second is timed, the first pays for lazy initialisation
     model = run.model
     run.model = None  # the LoRA-wrapped model is not the served one: nothing after this section uses it
     reset_peak(run)

@@ -84,6 +84,31 @@ def served_bytes(config, dtype) -> int:
     return sum(p.numel() for p in model.parameters()) * size
 
 
+def weights_stamp(config_name: str, sam2_config: str, sam2_overrides: list[str] | None = None) -> dict:
+    """What ``rehearsal.json`` records of the weights in a workdir (:func:`write_weights` writes it)."""
+    stamp = {"config": config_name, "sam2": sam2_config}
+    if sam2_overrides:
+        stamp["sam2_overrides"] = list(sam2_overrides)
+    return stamp
+
+
+def has_weights(workdir: Path, config_name: str, sam2_config: str, sam2_overrides: list[str] | None = None) -> bool:
+    """Whether ``workdir`` already holds the weights of this configuration (a second run reuses them)."""
+    stamp = workdir / "rehearsal.json"
+    return stamp.is_file() and json.loads(stamp.read_text()) == weights_stamp(config_name, sam2_config, sam2_overrides)
+
+
+def finetune_recipe(steps: int = 1):
+    """The fine-tuning step the rehearsals measure: LoRA on q/v, embeddings, LM head, projectors and mask decoder in
+    full, bf16 base with float32 master weights and AdamW states, gradient checkpointing, 4 query frames of one
+    expression."""
+    from model.trainer import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=1, lr=3e-4, warmup_steps=1, train_parts="lora", precision="bf16",
+                       gradient_checkpointing=True, expressions_per_video=1, query_frames=4,
+                       contrastive_weight=0.1)  # fmt: skip
+
+
 def write_weights(config_name: str, sam2_config: str, workdir: Path, fmt: str = "bin", shard_bytes: int = 10**10,
                   device: str = "cpu", sam2_overrides: list[str] | None = None) -> dict:
     """Seeded random weights at ``config_name``'s shapes in the released layouts under ``workdir``
@@ -140,10 +165,7 @@ def write_weights(config_name: str, sam2_config: str, workdir: Path, fmt: str = 
     write_sam2_pt(paths["sam2"], made(lambda k: k.startswith("sam."), 4))
     sizes = {name: sum(f.stat().st_size for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
              for name, p in paths.items()}  # fmt: skip
-    stamp = {"config": config_name, "sam2": sam2_config}
-    if sam2_overrides:
-        stamp["sam2_overrides"] = sam2_overrides
-    (workdir / "rehearsal.json").write_text(json.dumps(stamp))
+    (workdir / "rehearsal.json").write_text(json.dumps(weights_stamp(config_name, sam2_config, sam2_overrides)))
     return {"seconds": time.perf_counter() - started, "bytes": sizes}
 
 
@@ -317,16 +339,13 @@ def phase_finetune(args: argparse.Namespace) -> dict:
     from glus_backend.registry import ModelRegistry
     from model.checkpoint import load_checkpoint
     from model.train_cli import save_trained
-    from model.trainer import TrainConfig, Trainer
+    from model.trainer import Trainer
 
     paths = folders(args.workdir)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(paths["glus"], paths["clip"], paths["sam2"], "cpu", torch.bfloat16,
                                        args.sam2_config)  # fmt: skip
-    config = TrainConfig(steps=1, batch_size=1, lr=3e-4, warmup_steps=1, train_parts="lora", precision="bf16",
-                         gradient_checkpointing=True, expressions_per_video=1, query_frames=4,
-                         contrastive_weight=0.1)  # fmt: skip
-    trainer = Trainer(model, tokenizer, config)
+    trainer = Trainer(model, tokenizer, finetune_recipe())
     trained = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -385,9 +404,7 @@ def main() -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    stamp = args.workdir / "rehearsal.json"
-    same = stamp.is_file() and json.loads(stamp.read_text()) == {"config": args.config, "sam2": args.sam2_config}
-    if "write" in phases and same and not args.rewrite:
+    if "write" in phases and has_weights(args.workdir, args.config, args.sam2_config) and not args.rewrite:
         phases.remove("write")
         print(f"weights already in {args.workdir} (--rewrite to write them again)")
     print(f"machine: {machine()}; torch {torch.__version__}; config {args.config}, SAM-2 {args.sam2_config}")
